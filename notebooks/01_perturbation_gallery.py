@@ -37,7 +37,6 @@ from lesionsignal.params import load_params, resolve
 from lesionsignal.perturb import Family, conditions_table, panel
 from lesionsignal.registry_data import real_films
 
-
 params = load_params(params_file)
 outputs = Outputs(params, notebook="01_perturbation_gallery")
 print(params.label)

@@ -90,9 +90,7 @@ def plot_gallery(panels: Sequence[GalleryPanel], title: str) -> object:
 
 
 def _rect(rectangle: type, box: Box, colour: str, width: float) -> object:
-    return rectangle(
-        (box.x1 - 0.5, box.y1 - 0.5), box.width, box.height, fill=False, edgecolor=colour, linewidth=width
-    )
+    return rectangle((box.x1 - 0.5, box.y1 - 0.5), box.width, box.height, fill=False, edgecolor=colour, linewidth=width)
 
 
 def differences_table(panels: Sequence[GalleryPanel]) -> pd.DataFrame:

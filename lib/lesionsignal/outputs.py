@@ -130,7 +130,10 @@ class Outputs:
             fig.text(0.5, 0.003, self.params.label, ha="center", va="bottom", fontsize=7, color="firebrick")
         base = self.figures_dir / name
         base.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, meta in ((".png", {"Software": None}), (".pdf", {"CreationDate": None, "Producer": None})):
+        for suffix, meta in (
+            (".png", {"Software": None}),
+            (".pdf", {"CreationDate": None, "Producer": None}),
+        ):
             target = base.with_suffix(suffix)
             tmp = target.with_name(f".{target.name}.tmp{suffix}")
             fig.savefig(tmp, dpi=self.params.gallery.dpi, metadata=meta, bbox_inches="tight")

@@ -12,7 +12,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 import yaml
 
 from lesionsignal.validate import FieldError, ParamsError, build
@@ -135,5 +134,3 @@ def resolve(params: Params, relative: Path, root: Path | None = None) -> Path:
     if relative.is_absolute():
         return relative
     return (root or project_root()) / relative
-
-

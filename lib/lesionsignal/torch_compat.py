@@ -31,7 +31,7 @@ def ensure_torchvision() -> bool:
     if importlib.util.find_spec("torchvision") is None:
         raise ImportError("torchvision is not installed; run `make setup`")
     if _operators_load():
-        import torchvision  # noqa: F401
+        import torchvision
 
         return False
     lib = torch.library.Library("torchvision", "DEF")

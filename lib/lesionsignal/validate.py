@@ -46,7 +46,7 @@ def build(cls: type[T], data: Any, *, source: str | Path, key: str = "") -> T:
     return _convert(cls, data, source=source, key=key)
 
 
-def _convert(tp: Any, value: Any, *, source: str | Path, key: str) -> Any:  # noqa: C901
+def _convert(tp: Any, value: Any, *, source: str | Path, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value

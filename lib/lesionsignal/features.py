@@ -1,0 +1,174 @@
+"""What one forward pass gives: global pools, and a local pool at each requested box (SPEC sections 3 and 5).
+
+A feature source turns a batch of canvases, with the boxes to pool at for each canvas, into
+- global pools, one vector per canvas (``cls`` and ``patch_mean`` for an encoder; ``raw_global`` for pixels), and
+- one local vector per (canvas, box) (``patch_local`` for an encoder; ``raw_oracle`` for pixels).
+The extraction engine is written against this small interface only, so encoders and the raw-pixel baseline share
+one cached, resumable pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from lesionsignal.perturb import Box
+
+RAW_GLOBAL_SIDE = 64  # area-downsampled whole image: 4,096 features
+RAW_ORACLE_SIDE = 32  # window centred on the known patch: 1,024 features
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Pools of one batch: ``global_pools[name]`` is (B, D); ``local`` is (M, D) for the M requested boxes."""
+
+    global_pools: dict[str, np.ndarray]
+    local: np.ndarray
+
+
+class FeatureSource(Protocol):
+    @property
+    def source_id(self) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """Content key: changes whenever the vectors would (weights, revision, processor, dtype, config)."""
+        ...
+
+    @property
+    def global_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def local_name(self) -> str: ...
+
+    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled: ...
+
+
+def stable_digest(*parts: object) -> str:
+    """SHA-256 over a canonical JSON rendering of dataclasses, enums, paths, tuples and plain values."""
+
+    def plain(obj: object) -> object:
+        if is_dataclass(obj) and not isinstance(obj, type):
+            return {k: plain(v) for k, v in asdict(obj).items()}
+        if isinstance(obj, dict):
+            return {str(k): plain(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        if isinstance(obj, list | tuple):
+            return [plain(v) for v in obj]
+        if hasattr(obj, "value") and hasattr(type(obj), "__members__"):
+            return plain(obj.value)
+        if isinstance(obj, str | int | float | bool) or obj is None:
+            return obj
+        if hasattr(obj, "items"):
+            return plain(dict(obj.items()))
+        return str(obj)
+
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def oracle_window(box: Box, side: int, canvas_size: int) -> tuple[slice, slice]:
+    """A ``side`` x ``side`` window centred on the box centre, shifted (not shrunk) to stay on the canvas."""
+    cy, cx = (box.y1 + box.y2) // 2, (box.x1 + box.x2) // 2
+    y1 = int(np.clip(cy - side // 2, 0, canvas_size - side))
+    x1 = int(np.clip(cx - side // 2, 0, canvas_size - side))
+    return slice(y1, y1 + side), slice(x1, x1 + side)
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """The raw-pixel baselines of SPEC section 5, as a feature source (gray levels scaled to [0, 1])."""
+
+    global_side: int = RAW_GLOBAL_SIDE
+    oracle_side: int = RAW_ORACLE_SIDE
+
+    @property
+    def source_id(self) -> str:
+        return "raw-pixels"
+
+    @property
+    def key(self) -> str:
+        return stable_digest("raw-pixels", self.global_side, self.oracle_side)
+
+    @property
+    def global_names(self) -> tuple[str, ...]:
+        return ("raw_global",)
+
+    @property
+    def local_name(self) -> str:
+        return "raw_oracle"
+
+    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        side = canvases.shape[-1]
+        small = [cv2.resize(c, (self.global_side, self.global_side), interpolation=cv2.INTER_AREA) for c in canvases]
+        global_raw = np.stack(small).reshape(len(canvases), -1).astype(np.float32) / 255.0
+        local = [
+            canvases[i][oracle_window(box, self.oracle_side, side)].reshape(-1).astype(np.float32) / 255.0
+            for i, image_boxes in enumerate(boxes)
+            for box in image_boxes
+        ]
+        width = self.oracle_side**2
+        return Pooled({"raw_global": global_raw}, np.stack(local) if local else np.zeros((0, width), np.float32))
+
+
+@dataclass
+class EncoderFeatures:
+    """A frozen encoder as a feature source: its global vector (``cls``), the patch-token mean, patch-local means.
+
+    Patch-local pools the tokens whose cells intersect the box mapped through the processor's own resize and crop
+    (``Geometry.token_mask``); a box cropped away entirely raises for that sample rather than falling back.
+    """
+
+    encoder: object  # lesionsignal.encoders.Encoder
+    batch_size: int = 16
+
+    @property
+    def spec(self) -> object:
+        return self.encoder.spec
+
+    @property
+    def source_id(self) -> str:
+        return self.encoder.spec.id
+
+    @property
+    def key(self) -> str:
+        enc = self.encoder
+        return stable_digest("encoder", enc.spec, str(enc.dtype), getattr(enc, "seed", None))
+
+    @property
+    def global_names(self) -> tuple[str, ...]:
+        return ("cls", "patch_mean")
+
+    @property
+    def local_name(self) -> str:
+        return "patch_local"
+
+    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        import torch
+
+        geometry = self.encoder.spec.geometry
+        canvas_size = canvases.shape[-1]
+        masks = [
+            [torch.from_numpy(geometry.token_mask(b.as_tuple(), canvas=canvas_size)) for b in image_boxes]
+            for image_boxes in boxes
+        ]
+        cls_parts, mean_parts, local_parts = [], [], []
+        for start in range(0, len(canvases), self.batch_size):
+            out = self.encoder.encode(canvases[start : start + self.batch_size])
+            tokens = out.patch_tokens.float()
+            cls_parts.append(out.global_vec.float().cpu().numpy())
+            mean_parts.append(tokens.mean(dim=(1, 2)).cpu().numpy())
+            for offset in range(tokens.shape[0]):
+                for mask in masks[start + offset]:
+                    local_parts.append(tokens[offset][mask.to(tokens.device)].mean(dim=0).cpu().numpy())
+        dim = cls_parts[0].shape[1] if cls_parts else 0
+        local = np.stack(local_parts) if local_parts else np.zeros((0, dim), np.float32)
+        return Pooled(
+            {"cls": np.concatenate(cls_parts), "patch_mean": np.concatenate(mean_parts)},
+            local.astype(np.float32),
+        )
