@@ -118,9 +118,7 @@ def stretch_to_uint8(image: np.ndarray, window: Window | None, *, source: str | 
     if window is None:
         low, high = float(values.min()), float(values.max())
         if low == high:
-            raise CanvasError(
-                source, f"constant image (every pixel {low:g}): cannot stretch it without a window"
-            )
+            raise CanvasError(source, f"constant image (every pixel {low:g}): cannot stretch it without a window")
     else:
         low, high = window.low, window.high
         clipped = np.count_nonzero((values < low) | (values > high)) / values.size
@@ -132,7 +130,8 @@ def stretch_to_uint8(image: np.ndarray, window: Window | None, *, source: str | 
                 stacklevel=2,
             )
     _warn_if_narrow_16bit(image, source)
-    scaled = (values - low) * (255.0 / (high - low))
+    # Multiply before dividing: exact for integer pixels, so a value half-way up the window is exactly x.5.
+    scaled = (values - low) * 255.0 / (high - low)
     return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
