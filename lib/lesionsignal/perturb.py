@@ -200,13 +200,10 @@ def _build_panel() -> tuple[Condition, ...]:
         Condition("S8", geo, 8, shape=Shape.SQUARE),
     ]
     conditions += [
-        Condition(f"iso_blur_{p}", Family.ISO_BLUR, p, kernel=ISO_BLUR_KERNEL, sigma=ISO_BLUR_SIGMA)
-        for p in (4, 8)
+        Condition(f"iso_blur_{p}", Family.ISO_BLUR, p, kernel=ISO_BLUR_KERNEL, sigma=ISO_BLUR_SIGMA) for p in (4, 8)
     ]
     conditions += [
-        Condition(
-            f"dir_{direction}_L{length}_P{p}", Family.DIRECTIONAL_BLUR, p, angle_deg=angle, length=length
-        )
+        Condition(f"dir_{direction}_L{length}_P{p}", Family.DIRECTIONAL_BLUR, p, angle_deg=angle, length=length)
         for direction, angle in (("cranio", 90.0), ("lateral", 0.0))
         for length in (11, 21, 31)
         for p in (16, 32, 64)
@@ -261,9 +258,7 @@ def placement_seed(file_basename: str, base_seed: int = 42) -> int:
 def _check_basename(file_basename: str) -> None:
     # A path instead of a basename would silently move every patch, since the seed hashes the string.
     if not file_basename or "/" in file_basename or "\\" in file_basename:
-        raise PanelError(
-            f"file_basename must be a non-empty base name without folders, got {file_basename!r}"
-        )
+        raise PanelError(f"file_basename must be a non-empty base name without folders, got {file_basename!r}")
 
 
 def central_region(canvas_size: int, margin: float) -> tuple[int, int]:
@@ -278,6 +273,8 @@ def _placement(
     file_basename: str, patch: int, canvas_size: int, margin: float, base_seed: int
 ) -> tuple[Box, np.random.Generator]:
     """The patch box and the generator, left positioned for the condition's own draws."""
+    if patch < 1:
+        raise PanelError(f"patch side must be >= 1 px, got {patch}")
     lo, hi = central_region(canvas_size, margin)
     if hi - lo < patch:
         raise PanelError(
@@ -294,7 +291,11 @@ def _placement(
 def patch_box(
     file_basename: str, patch: int, canvas_size: int = 1024, margin: float = 0.15, base_seed: int = 42
 ) -> Box:
-    """Where a P x P patch of this image goes: the same box for every condition with that P."""
+    """Where a P x P patch of this image goes: the same box for every condition with that P.
+
+    rng = default_rng(placement_seed(...)); y = rng.integers(lo, hi - P + 1), then x likewise, with [lo, hi)
+    the central region, so the whole patch lies inside it.
+    """
     return _placement(file_basename, patch, canvas_size, margin, base_seed)[0]
 
 
@@ -466,9 +467,7 @@ _INJECTORS = types.MappingProxyType(
 def inject_at(canvas: np.ndarray, condition: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
     """Apply a condition at a given box, skipping placement; `rng` feeds the condition's own draws."""
     if box.width != condition.patch or box.height != condition.patch:
-        raise PanelError(
-            f"condition {condition.name!r} needs a {condition.patch} px box, got {box.as_tuple()}"
-        )
+        raise PanelError(f"condition {condition.name!r} needs a {condition.patch} px box, got {box.as_tuple()}")
     size_y, size_x = canvas.shape
     if box.x1 < 0 or box.y1 < 0 or box.x2 > size_x or box.y2 > size_y:
         raise PanelError(f"box {box.as_tuple()} lies outside the {size_y}x{size_x} canvas")
@@ -490,9 +489,7 @@ def check_canvas(canvas: np.ndarray) -> None:
     if not isinstance(canvas, np.ndarray):
         raise PanelError(f"canvas must be a numpy array, got {type(canvas).__name__}")
     if canvas.ndim != 2 or canvas.shape[0] != canvas.shape[1] or canvas.dtype != np.uint8:
-        raise PanelError(
-            f"canvas must be a 2-D square uint8 array, got shape {canvas.shape} dtype {canvas.dtype}"
-        )
+        raise PanelError(f"canvas must be a 2-D square uint8 array, got shape {canvas.shape} dtype {canvas.dtype}")
 
 
 def apply(
@@ -503,7 +500,11 @@ def apply(
     margin: float = 0.15,
     base_seed: int = 42,
 ) -> Perturbed:
-    """Perturb one canvas with one condition at the image's seeded location; the input stays unchanged."""
+    """Perturb one canvas with one condition at the image's seeded location; the input stays unchanged.
+
+    The generator that drew the location goes on to draw the condition's random values, so the whole result
+    is a function of (canvas, condition, basename, margin, base_seed).
+    """
     cond = condition if isinstance(condition, Condition) else get_condition(condition)
     check_canvas(canvas)
     try:
