@@ -95,3 +95,27 @@ def test_digest_ignores_file_name_but_not_values(tmp_path: Path) -> None:
     assert load_params(a).digest() == load_params(b).digest()
     b.write_text("name: x\nrun: demo\npanel:\n  margin: 0.2\n")
     assert load_params(a).digest() != load_params(b).digest()
+
+
+def test_paper_params_name_every_study_input_and_check_files_lists_them() -> None:
+    paper = load_params(ROOT / "params" / "paper.yaml")
+    assert {c.kind.value for c in paper.cohorts} == {"nih", "mimic", "institutional", "chestxdet10"}
+    with pytest.raises(ParamsError) as info:
+        paper.check_files(ROOT)
+    message = str(info.value)
+    assert "paper.yaml" in message and "cohorts[0].csv" in message and "cohorts[3].train_json" in message
+
+
+def test_cohort_kind_requires_its_files(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: study\ncohorts:\n  - {name: n, kind: nih}\n")
+    assert err.key == "cohorts[0].csv" and "required for a nih cohort" in err.reason
+
+
+def test_duplicate_cohort_names(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\ncohorts:\n  - {name: a, kind: demo}\n  - {name: a, kind: demo}\n")
+    assert err.key == "cohorts" and "'a'" in err.reason
+
+
+def test_shard_index_checked(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\nextraction:\n  shard_index: 2\n  shard_count: 2\n")
+    assert err.key == "extraction.shard_index"

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -70,6 +71,170 @@ class GalleryParams:
             raise FieldError("crop", f"must be at least 8 px, got {self.crop}")
 
 
+class CohortKind(enum.Enum):
+    DEMO = "demo"  # rendered from the real chest CT (lesionsignal.demo_cohort)
+    REAL_FILMS = "real_films"  # the 17 real films of the registry packages
+    NIH = "nih"
+    MIMIC = "mimic"
+    INSTITUTIONAL = "institutional"
+    CHESTXDET10 = "chestxdet10"
+
+
+class Analysis(enum.Enum):
+    PANEL = "panel"  # controlled-stimulus detection (clean vs perturbed)
+    DISEASE = "disease"  # globally decided disease probes, and clean-vs-perturbed disease protocol
+    LESIONS = "lesions"  # natural lesions with boxes (ChestX-Det10 analyses)
+
+
+_COHORT_FILES: dict[CohortKind, tuple[str, ...]] = {
+    CohortKind.DEMO: (),
+    CohortKind.REAL_FILMS: (),
+    CohortKind.NIH: ("csv", "image_dirs"),
+    CohortKind.MIMIC: ("root", "metadata_csv", "chexpert_csv", "split_csv"),
+    CohortKind.INSTITUTIONAL: ("csv", "root"),
+    CohortKind.CHESTXDET10: ("train_json", "test_json", "root"),
+}
+
+
+@dataclass(frozen=True)
+class DemoCohortParams:
+    """Generator settings of the rendered demo cohort (lesionsignal.demo_cohort)."""
+
+    n_images: int = 400
+    images_per_subject: int = 2
+    test_fraction: float = 0.2
+    seed: int = 42
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n_images < 4:
+            raise FieldError("n_images", f"need at least 4 images, got {self.n_images}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise FieldError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class CohortParams:
+    """One cohort: where its files are, and which analyses it enters. Only the kind's own fields are needed."""
+
+    name: str
+    kind: CohortKind
+    uses: tuple[Analysis, ...] = (Analysis.PANEL, Analysis.DISEASE)
+    root: Path | None = None  # image folder (MIMIC: the files/ parent; ChestX-Det10 / institutional: images)
+    csv: Path | None = None  # NIH Data_Entry_2017_v2020.csv, or the institutional cohort's CSV
+    image_dirs: tuple[Path, ...] = ()  # NIH image folders
+    split_lists: tuple[Path, ...] = ()  # NIH official train_val_list.txt and test_list.txt (empty: grouped split)
+    metadata_csv: Path | None = None  # MIMIC
+    chexpert_csv: Path | None = None  # MIMIC
+    split_csv: Path | None = None  # MIMIC
+    subsample_manifest: Path | None = None  # MIMIC: the probe-training subsample of the official train split
+    train_json: Path | None = None  # ChestX-Det10
+    test_json: Path | None = None  # ChestX-Det10
+    lung_lesion_from: tuple[str, ...] = ("Mass", "Nodule")  # the paper's text; the authors' code used Nodule only
+    n_images: int | None = None  # detection-set size drawn with default_rng(seed) (SPEC: 40,000); None: all
+    test_fraction: float = 0.2
+    seed: int = 42
+
+    def required_files(self) -> list[tuple[str, Path]]:
+        """(field, path) of every input file or folder this kind reads."""
+        pairs = []
+        for name in _COHORT_FILES[self.kind]:
+            value = getattr(self, name)
+            if value is None or value == ():
+                raise FieldError(name, f"required for a {self.kind.value} cohort")
+            for i, path in enumerate(value if isinstance(value, tuple) else (value,)):
+                pairs.append((f"{name}[{i}]" if isinstance(value, tuple) else name, path))
+        for name in ("split_lists", "subsample_manifest"):
+            value = getattr(self, name)
+            for i, path in enumerate(value if isinstance(value, tuple) else (() if value is None else (value,))):
+                pairs.append((f"{name}[{i}]" if isinstance(value, tuple) else name, path))
+        return pairs
+
+    def __post_init__(self) -> None:
+        self.required_files()
+        if self.n_images is not None and self.n_images < 4:
+            raise FieldError("n_images", f"need at least 4 images, got {self.n_images}")
+        if self.split_lists and len(self.split_lists) != 2:
+            raise FieldError("split_lists", "give both train_val_list.txt and test_list.txt")
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    """One encoder: a registry id (lesionsignal.encoders), optionally loaded from a local folder or another hub id."""
+
+    id: str
+    source: str | None = None  # hub id or local directory; None: the registry's hub id
+    revision: str | None = None  # pinned hub revision (commit) for reproducibility
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision is for GPUs
+    batch_size: int = 16
+    seed: int = 0  # random-init demo encoders only
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise FieldError("batch_size", f"must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ExtractionParams:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 2  # threads preparing images while the model runs
+    chunk_size: int = 64  # images per cached unit: the most a crash can lose
+    shard_index: int = 0
+    shard_count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shard_index < self.shard_count:
+            raise FieldError("shard_index", f"need 0 <= shard_index < shard_count, got {self.shard_index}")
+        if self.chunk_size < 1 or self.workers < 1:
+            raise FieldError("chunk_size", "chunk_size and workers must be positive")
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # the authors' code; the paper's text lost the grid
+    folds: int = 5
+    seed: int = 42
+    max_iter: int = 2000
+    solver: Literal["fast", "sklearn"] = "fast"
+    n_boot: int = 1000
+    n_perm: int = 5000
+    alpha: float = 0.05
+    finetuned_cnn: bool = True  # the fine-tuned CNN pixel-signal ceiling
+    cnn_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise FieldError("c_grid", f"need positive C values, got {list(self.c_grid)}")
+        if self.folds < 2:
+            raise FieldError("folds", f"need at least 2 folds, got {self.folds}")
+
+
+@dataclass(frozen=True)
+class LesionParams:
+    classes: tuple[str, ...] = ("Calcification", "Nodule", "Mass")
+    negatives_per_positive: int = 2
+    negative_placement: Literal["same_position", "uniform"] = "same_position"  # the authors: uniform
+    n_boot: int = 10000
+
+
+@dataclass(frozen=True)
+class SfdiParams:
+    panel: tuple[str, ...] = (
+        "C1", "C2", "L4", "L8", "S4", "S8", "iso_blur_4", "iso_blur_8", "reticular_fine_32", "ground_glass_64",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SeparationParams:
+    conditions: tuple[str, ...] = ()  # empty: every extracted condition
+    silhouette_points: int = 5000
+    umap_points: int = 10000
+    n_neighbors: int = 30
+    min_dist: float = 0.1
+    shrink: float = 0.1
+    seed: int = 42
+
+
 @dataclass(frozen=True)
 class Params:
     name: str
@@ -78,6 +243,14 @@ class Params:
     paths: Paths = field(default_factory=Paths)
     panel: PanelParams = field(default_factory=PanelParams)
     gallery: GalleryParams = field(default_factory=GalleryParams)
+    demo_cohort: DemoCohortParams = field(default_factory=DemoCohortParams)
+    cohorts: tuple[CohortParams, ...] = ()
+    encoders: tuple[EncoderParams, ...] = ()
+    extraction: ExtractionParams = field(default_factory=ExtractionParams)
+    probe: ProbeParams = field(default_factory=ProbeParams)
+    lesions: LesionParams = field(default_factory=LesionParams)
+    sfdi: SfdiParams = field(default_factory=SfdiParams)
+    separation: SeparationParams = field(default_factory=SeparationParams)
     source: str = ""  # the YAML file these came from
 
     @property
@@ -93,6 +266,34 @@ class Params:
             f"{self.name}: {self.run.value.upper()} run (rendered demo cohort and random-init demo encoders); "
             "numbers are not the paper's and are not comparable with it"
         )
+
+    def __post_init__(self) -> None:
+        for group in ("cohorts", "encoders"):
+            names = [getattr(item, "name", None) or item.id for item in getattr(self, group)]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise FieldError(group, f"names must be unique, repeated: {repeated}")
+
+    def cohort(self, name: str) -> CohortParams:
+        for cohort in self.cohorts:
+            if cohort.name == name:
+                return cohort
+        raise KeyError(f"{self.source}: no cohort named {name!r} (have: {[c.name for c in self.cohorts]})")
+
+    def cohorts_for(self, analysis: Analysis) -> list[CohortParams]:
+        return [c for c in self.cohorts if analysis in c.uses]
+
+    def check_files(self, root: Path | None = None) -> None:
+        """Every input file the parameters name must exist: checked before any compute, all at once."""
+        problems = []
+        for i, cohort in enumerate(self.cohorts):
+            for key, path in cohort.required_files():
+                if not resolve(self, path, root).exists():
+                    problems.append(f"cohorts[{i}].{key}: {path} does not exist")
+        if problems:
+            raise ParamsError(
+                self.source, problems[0].split(":")[0], "missing input files:\n  " + "\n  ".join(problems)
+            )
 
     def digest(self) -> str:
         """Content hash of the parameters (not of the file name), for cache keys and provenance."""
