@@ -1,0 +1,62 @@
+"""The paper's reported values, and "reported vs reproduced" tables for study runs.
+
+The reported values are transcribed from the paper's tables (resources/paper_reference/, one CSV per table). They
+are only ever set beside results of a study run (real data, real weights); demo and smoke results are not comparable
+and ``compare`` refuses them instead of printing a misleading difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+
+import pandas as pd
+
+from lesionsignal.params import Params, RunKind
+
+TABLES = {
+    "T2": "table02_disease_classification.csv",
+    "T3": "table03_geometric_cls_nih.csv",
+    "T4": "table04_iso_blur.csv",
+    "T5": "table05_directional_blur_cls.csv",
+    "T6": "table06_pathology_mimicking_cls.csv",
+    "T7": "table07_pooling_modes_nih.csv",
+    "T8": "table08_raw_pixel.csv",
+    "T9": "table09_clean_vs_perturbed_significance.csv",
+    "T10": "table10_chestxdet10_box_level.csv",
+    "T12": "table12_sfdi.csv",
+}
+
+
+class NotComparable(ValueError):
+    """A demo or smoke result was about to be set beside the paper's numbers."""
+
+
+def reported(table: str) -> pd.DataFrame:
+    """The paper's values for one table (``T2`` ... ``T12``)."""
+    if table not in TABLES:
+        raise KeyError(f"no reported values for {table!r} (have: {', '.join(TABLES)})")
+    source = resources.files("lesionsignal") / "resources" / "paper_reference" / TABLES[table]
+    with source.open("r") as handle:
+        return pd.read_csv(handle)
+
+
+def compare(
+    reproduced: pd.DataFrame, table: str, keys: Sequence[str], value: str, params: Params
+) -> pd.DataFrame:
+    """Reproduced values beside the reported ones for every reported cell, with the difference.
+
+    Reported cells with no reproduced counterpart stay in the table with an empty reproduced value, so a missing
+    cell is visible rather than silently dropped.
+    """
+    if params.run is not RunKind.STUDY:
+        raise NotComparable(f"{params.name} is a {params.run.value} run: its numbers are not comparable with the paper")
+    paper = reported(table)
+    missing = [k for k in (*keys, value) if k not in paper.columns]
+    if missing:
+        raise KeyError(f"{table}: reported table has no columns {missing}")
+    merged = paper[[*keys, value]].merge(
+        reproduced[[*keys, value]], on=list(keys), how="left", suffixes=("_reported", "_reproduced")
+    )
+    merged["difference"] = merged[f"{value}_reproduced"] - merged[f"{value}_reported"]
+    return merged
