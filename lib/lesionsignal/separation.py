@@ -1,0 +1,235 @@
+"""Embedding separation between clean and perturbed samples (SPEC section 8): silhouette, Mahalanobis, UMAP.
+
+These ask, without a probe, how far a perturbation moves the embedding cloud: the cosine silhouette of the two
+groups, the distance between their centroids under a shrunk pooled covariance, and UMAP pictures. Labels are
+0 = clean and 1 = perturbed throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy.stats import spearmanr
+from sklearn.metrics import silhouette_score
+
+CLEAN = 0
+PERTURBED = 1
+COLOURS = {CLEAN: "#1f77b4", PERTURBED: "#d62728"}
+NAMES = {CLEAN: "clean", PERTURBED: "perturbed"}
+PANEL_COLUMNS = 3
+# Points are drawn in a shuffled order so neither group is painted wholly over the other; display only.
+DRAW_ORDER_SEED = 0
+
+
+class SeparationError(ValueError):
+    """Input a separation measure cannot be computed from; the message names the argument."""
+
+
+@dataclass(frozen=True)
+class Separation:
+    silhouette: float  # cosine, on a stratified subsample
+    mahalanobis: float  # centroid distance under the shrunk pooled covariance, on every row
+    n: int  # rows used for the Mahalanobis distance (clean + perturbed)
+
+
+def _matrix(x: object, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise SeparationError(f"{name}: expected a non-empty 2-D array (rows x features), got shape {arr.shape}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        raise SeparationError(f"{name}: row {int(np.flatnonzero(~finite)[0])} has a NaN or infinite value")
+    return arr
+
+
+def _labels(labels: object, n: int, name: str = "labels") -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.size != n:
+        raise SeparationError(f"{name}: expected {n} labels in a 1-D array, got shape {arr.shape}")
+    return arr
+
+
+def _check_positive_int(value: int, name: str) -> None:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise SeparationError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def stratified_subsample(labels: object, max_points: int, seed: int) -> np.ndarray:
+    """Sorted row indices, at most ``max_points``, keeping each label's share (largest-remainder rounding).
+
+    Every row is kept when there are no more than ``max_points``; draws use ``default_rng(seed)`` label by label
+    in sorted label order.
+    """
+    _check_positive_int(max_points, "max_points")
+    values = np.asarray(labels)
+    if values.ndim != 1:
+        raise SeparationError(f"labels: expected a 1-D array, got shape {values.shape}")
+    n = values.size
+    if n <= max_points:
+        return np.arange(n)
+    classes, counts = np.unique(values, return_counts=True)
+    quotas = counts * max_points / n
+    take = np.floor(quotas).astype(np.int64)
+    leftover = max_points - int(take.sum())
+    take[np.argsort(-(quotas - take), kind="stable")[:leftover]] += 1
+    if (take == 0).any():
+        rare = classes[take == 0][0]
+        raise SeparationError(f"labels: class {rare!r} is too rare to appear in a subsample of {max_points}")
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(np.flatnonzero(values == c), size=int(k), replace=False) for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picks))
+
+
+def silhouette_cosine(x: object, labels: object, max_points: int = 5000, seed: int = 42) -> float:
+    """Mean cosine silhouette of the labelled groups on a stratified, seeded subsample of at most max_points."""
+    arr = _matrix(x, "x")
+    groups = _labels(labels, arr.shape[0])
+    if np.unique(groups).size < 2:
+        raise SeparationError("labels: need at least two groups for a silhouette")
+    zero = np.linalg.norm(arr, axis=1) == 0
+    if zero.any():
+        raise SeparationError(f"x: row {int(np.flatnonzero(zero)[0])} is all zeros; its cosine distance is undefined")
+    rows = stratified_subsample(groups, max_points, seed)
+    return float(silhouette_score(arr[rows], groups[rows], metric="cosine"))
+
+
+def shrunk_covariance(x_a: object, x_b: object, shrink: float = 0.1) -> np.ndarray:
+    """Pooled within-group covariance S shrunk towards a scaled identity: (1 - shrink) S + shrink (tr S / d) I."""
+    a = _matrix(x_a, "x_a")
+    b = _matrix(x_b, "x_b")
+    if a.shape[1] != b.shape[1]:
+        raise SeparationError(f"x_a, x_b: feature counts differ ({a.shape[1]} vs {b.shape[1]})")
+    if a.shape[0] + b.shape[0] <= 2:
+        raise SeparationError("x_a, x_b: need more than two rows in all to estimate a pooled covariance")
+    if not 0.0 <= shrink <= 1.0:
+        raise SeparationError(f"shrink: must be in [0, 1], got {shrink}")
+    centred = np.concatenate([a - a.mean(axis=0), b - b.mean(axis=0)])
+    pooled = centred.T @ centred / (centred.shape[0] - 2)
+    d = pooled.shape[0]
+    return (1.0 - shrink) * pooled + shrink * (np.trace(pooled) / d) * np.eye(d)
+
+
+def mahalanobis_distance(x_a: object, x_b: object, shrink: float = 0.1) -> float:
+    """Distance between the group centroids under the shrunk pooled covariance (a linear solve, no inverse)."""
+    covariance = shrunk_covariance(x_a, x_b, shrink)
+    diff = np.asarray(x_a, dtype=np.float64).mean(axis=0) - np.asarray(x_b, dtype=np.float64).mean(axis=0)
+    try:
+        solved = scipy.linalg.solve(covariance, diff, assume_a="pos")
+    except np.linalg.LinAlgError as error:
+        raise SeparationError(
+            f"x_a, x_b: the shrunk pooled covariance (shrink={shrink}) is not positive definite: {error}"
+        ) from error
+    return math.sqrt(max(float(diff @ solved), 0.0))
+
+
+def separation(
+    x_clean: object, x_perturbed: object, *, max_points: int = 5000, seed: int = 42, shrink: float = 0.1
+) -> Separation:
+    """Silhouette (clean vs perturbed, subsampled) and Mahalanobis distance (all rows) of one cell."""
+    clean = _matrix(x_clean, "x_clean")
+    perturbed = _matrix(x_perturbed, "x_perturbed")
+    if clean.shape[1] != perturbed.shape[1]:
+        raise SeparationError(f"x_clean, x_perturbed: feature counts differ ({clean.shape[1]} vs {perturbed.shape[1]})")
+    stacked = np.concatenate([clean, perturbed])
+    labels = np.repeat([CLEAN, PERTURBED], [clean.shape[0], perturbed.shape[0]])
+    return Separation(
+        silhouette=silhouette_cosine(stacked, labels, max_points=max_points, seed=seed),
+        mahalanobis=mahalanobis_distance(clean, perturbed, shrink=shrink),
+        n=int(stacked.shape[0]),
+    )
+
+
+def umap_embedding(
+    x: object,
+    *,
+    n_neighbors: int = 30,
+    min_dist: float = 0.1,
+    metric: str = "cosine",
+    seed: int = 42,
+    max_points: int = 10000,
+    labels: object | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-D UMAP coordinates (float32) of a seeded subsample and the sorted row indices of that subsample.
+
+    With ``labels`` the subsample is stratified by label; without, it is uniform. A fixed random_state makes
+    umap-learn deterministic (and single-threaded).
+    """
+    arr = _matrix(x, "x")
+    _check_positive_int(max_points, "max_points")
+    _check_positive_int(n_neighbors, "n_neighbors")
+    n = arr.shape[0]
+    if labels is not None:
+        rows = stratified_subsample(_labels(labels, n), max_points, seed)
+    elif n > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+    else:
+        rows = np.arange(n)
+    if rows.size <= n_neighbors:
+        raise SeparationError(f"x: {rows.size} points is too few for n_neighbors={n_neighbors}")
+    import umap  # slow to import (numba): only the figures need it
+
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        metric=metric,
+        n_components=2,
+        random_state=seed,
+        transform_seed=seed,
+        n_jobs=1,
+    )
+    coords = np.asarray(reducer.fit_transform(arr[rows]), dtype=np.float32)
+    return coords, rows
+
+
+def rank_agreement(separations: Sequence[float], aucs: Sequence[float]) -> tuple[float, float]:
+    """Spearman rho and its two-sided p between a separation measure and the probe AUC across cells."""
+    sep = np.asarray(separations, dtype=np.float64)
+    auc = np.asarray(aucs, dtype=np.float64)
+    if sep.ndim != 1 or sep.shape != auc.shape:
+        raise SeparationError(f"separations, aucs: need two 1-D sequences of one length, got {sep.shape}, {auc.shape}")
+    if sep.size < 3:
+        raise SeparationError(f"separations, aucs: need at least 3 cells for a rank correlation, got {sep.size}")
+    for name, values in (("separations", sep), ("aucs", auc)):
+        if not np.isfinite(values).all():
+            raise SeparationError(f"{name}: entry {int(np.flatnonzero(~np.isfinite(values))[0])} is not finite")
+        if np.ptp(values) == 0:
+            raise SeparationError(f"{name}: all values are equal; the rank correlation is undefined")
+    result = spearmanr(sep, auc)
+    return float(result.statistic), float(result.pvalue)
+
+
+def plot_umap_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str) -> Figure:
+    """A grid of UMAP scatters, one per (panel title, coords (n x 2), labels 0 clean / 1 perturbed)."""
+    if not panels:
+        raise SeparationError("panels: empty; need at least one (title, coords, labels)")
+    columns = min(PANEL_COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.0 * columns, 4.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (name, coords, labels) in zip(axes, panels, strict=False):
+        points = np.asarray(coords, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise SeparationError(f"panel {name!r}: coords must be n x 2, got shape {points.shape}")
+        groups = _labels(labels, points.shape[0], f"panel {name!r} labels")
+        if not np.isin(groups, (CLEAN, PERTURBED)).all():
+            raise SeparationError(f"panel {name!r}: labels must be {CLEAN} (clean) or {PERTURBED} (perturbed)")
+        order = np.random.default_rng(DRAW_ORDER_SEED).permutation(points.shape[0])
+        colours = np.where(groups[order] == PERTURBED, COLOURS[PERTURBED], COLOURS[CLEAN])
+        ax.scatter(points[order, 0], points[order, 1], c=colours, s=3, alpha=0.6, linewidths=0, rasterized=True)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    handles = [Line2D([], [], marker="o", linestyle="", color=COLOURS[k], label=NAMES[k]) for k in (CLEAN, PERTURBED)]
+    axes[0].legend(handles=handles, loc="best", fontsize="small")
+    figure.suptitle(title)
+    return figure
