@@ -208,7 +208,11 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
     ),
 )
 
-_DEMO_VIT = (("hidden_size", 192), ("num_hidden_layers", 4), ("num_attention_heads", 3), ("intermediate_size", 768))
+# Demo towers are kept small so the whole demo panel (about 12,000 forward passes per encoder) runs in about a
+# minute on two CPU cores; width 192 x 4 layers was 15 times slower there.
+_DEMO_VIT = (("hidden_size", 96), ("num_hidden_layers", 3), ("num_attention_heads", 3), ("intermediate_size", 384))
+# The demo ResNet sees 128 px (a 4 x 4 layer4 map): at 224 px a ResNet-18 alone took several CPU minutes.
+_DEMO_RESNET = _geometry(128, None, 32, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
 
 DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
     EncoderSpec(
@@ -218,9 +222,9 @@ DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         revision=None,
         geometry=_DINOV2_BASE,
         prefix_tokens=1,
-        dim=192,
+        dim=96,
         global_pool="cls",
-        label="demo ViT-Ti/14 (random-init Dinov2Model)",
+        label="demo ViT/14 (random-init Dinov2Model)",
         random_init=True,
         config=_DEMO_VIT,
     ),
@@ -231,7 +235,7 @@ DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         revision=None,
         geometry=_geometry(224, None, 16, (0.5,) * 3, (0.5,) * 3, "bicubic"),
         prefix_tokens=0,
-        dim=192,
+        dim=96,
         global_pool="attention_pool_head",
         label="demo SigLIP/16 (random-init SiglipVisionModel)",
         random_init=True,
@@ -242,11 +246,11 @@ DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         kind=EncoderKind.RESNET,
         source=RANDOM_INIT,
         revision=None,
-        geometry=_RESNET,
+        geometry=_DEMO_RESNET,
         prefix_tokens=0,
         dim=512,
         global_pool="global_average_pool",
-        label="demo ResNet-18 (random-init torchvision)",
+        label="demo ResNet-18 at 128 px (random-init torchvision)",
         random_init=True,
         config=(("arch", "resnet18"),),
     ),
