@@ -216,57 +216,103 @@ def run_extraction(
     on_unit_done: Callable[[Unit], None] | None = None,
 ) -> ExtractionReport:
     """Compute every missing unit of this shard, then (when all units exist) assemble the per-condition files."""
+    return run_extraction_many(
+        [(source, plan)], work, shard=shard, workers=workers, progress=progress, on_unit_done=on_unit_done
+    )[0]
+
+
+def run_extraction_many(
+    jobs: Sequence[tuple[FeatureSource, Plan]],
+    work: Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 2,
+    progress: bool = True,
+    on_unit_done: Callable[[Unit], None] | None = None,
+) -> list[ExtractionReport]:
+    """Several sources over the same images and conditions: each image is decoded and perturbed once for all.
+
+    Decoding and perturbing, not the model, bound a small encoder's throughput, so sharing them across sources
+    is what keeps the pipeline model-bound. Units stay per source, so caching, resume and shards are unchanged.
+    """
     index, count = shard
     if not 0 <= index < count:
         raise ExtractionError(f"shard {index} of {count}: need 0 <= i < n")
-    mine = [u for u in plan.units if u.index % count == index]
-    pending = [u for u in mine if not unit_path(work, plan, u).is_file()]
+    if not jobs:
+        raise ExtractionError("no feature sources to extract")
+    first = jobs[0][1]
+    for _, plan in jobs[1:]:
+        same = [len(c) for c in plan.chunks] == [len(c) for c in first.chunks] and [
+            c.name for c in plan.conditions
+        ] == [c.name for c in first.conditions]
+        if not same or plan.placement != first.placement:
+            raise ExtractionError(f"{plan.source_id}: plans extracted together must share images and conditions")
+    pending: dict[tuple[int, str], list[tuple[int, Unit]]] = {}
+    cached = [0] * len(jobs)
+    mine_total = [0] * len(jobs)
+    for j, (_, plan) in enumerate(jobs):
+        for unit in plan.units:
+            if unit.index % count != index:
+                continue
+            mine_total[j] += 1
+            if unit_path(work, plan, unit).is_file():
+                cached[j] += 1
+            else:
+                pending.setdefault((unit.chunk, unit.name), []).append((j, unit))
+    by_name = {c.name: c for c in first.conditions}
     started = time.perf_counter()
-    encoded = 0
-    bar = _progress(len(pending) and sum(len(plan.chunks[u.chunk]) for u in pending), plan, progress)
-    # Two executors: per-image work fans out on `pool`; `ahead` prepares the next unit and waits on `pool`,
+    encoded = [0] * len(jobs)
+    total = sum(len(first.chunks[chunk]) * len(items) for (chunk, _), items in pending.items())
+    bar = _progress(total, first, progress, len(jobs))
+    # Two executors: per-image work fans out on `pool`; `ahead` prepares the next condition and waits on `pool`,
     # so it must not hold one of pool's threads (with one worker that would deadlock).
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-        for chunk_index, units in _by_chunk(pending):
-            chunk = plan.chunks[chunk_index]
-            canvases = load_canvases(chunk, plan.placement, pool)
-            # Perturb the next condition while the model runs the current one.
-            upcoming: Future | None = None
-            for position, unit in enumerate(units):
-                if unit.condition is None:
-                    arrays = _clean_arrays(source, canvases, chunk, plan)
-                else:
-                    if upcoming is None:
-                        upcoming = ahead.submit(_perturb_chunk, canvases, chunk, unit.condition, plan.placement, pool)
-                    perturbed, boxes = upcoming.result()
-                    upcoming = None
-                    following = next((u for u in units[position + 1 :] if u.condition is not None), None)
-                    if following is not None:
-                        upcoming = ahead.submit(
-                            _perturb_chunk, canvases, chunk, following.condition, plan.placement, pool
-                        )
-                    arrays = _perturbed_arrays(source, perturbed, boxes, chunk)
-                save_arrays(unit_path(work, plan, unit), arrays)
-                encoded += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-                if on_unit_done is not None:
-                    on_unit_done(unit)
+        for chunk_index in sorted({chunk for chunk, _ in pending}):
+            chunk = first.chunks[chunk_index]
+            canvases = load_canvases(chunk, first.placement, pool)
+            names = [n for n in [CLEAN, *(c.name for c in first.conditions)] if (chunk_index, n) in pending]
+
+            def prepare(name: str, canvases: np.ndarray = canvases, chunk: Sequence[ImageItem] = chunk) -> object:
+                if name == CLEAN:
+                    return None
+                return _perturb_chunk(canvases, chunk, by_name[name], first.placement, pool)
+
+            upcoming: Future | None = ahead.submit(prepare, names[0]) if names else None
+            for position, name in enumerate(names):
+                prepared = upcoming.result()
+                upcoming = ahead.submit(prepare, names[position + 1]) if position + 1 < len(names) else None
+                for j, unit in pending[(chunk_index, name)]:
+                    source, plan = jobs[j]
+                    if prepared is None:
+                        arrays = _clean_arrays(source, canvases, plan.chunks[chunk_index], plan)
+                    else:
+                        perturbed, boxes = prepared
+                        arrays = _perturbed_arrays(source, perturbed, boxes, plan.chunks[chunk_index])
+                    save_arrays(unit_path(work, plan, unit), arrays)
+                    encoded[j] += len(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+                    if on_unit_done is not None:
+                        on_unit_done(unit)
     if bar is not None:
         bar.close()
-    report = ExtractionReport(
-        plan.source_id,
-        plan.cohort,
-        units_total=len(mine),
-        units_cached=len(mine) - len(pending),
-        units_computed=len(pending),
-        images_encoded=encoded,
-        seconds=time.perf_counter() - started,
-        shard=shard,
-    )
-    if all(unit_path(work, plan, u).is_file() for u in plan.units):
-        report.files = assemble(plan, work, source.global_names, source.local_name)
-    return report
+    seconds = time.perf_counter() - started
+    reports = []
+    for j, (source, plan) in enumerate(jobs):
+        report = ExtractionReport(
+            plan.source_id,
+            plan.cohort,
+            units_total=mine_total[j],
+            units_cached=cached[j],
+            units_computed=mine_total[j] - cached[j],
+            images_encoded=encoded[j],
+            seconds=seconds,
+            shard=shard,
+        )
+        if all(unit_path(work, plan, u).is_file() for u in plan.units):
+            report.files = assemble(plan, work, source.global_names, source.local_name)
+        reports.append(report)
+    return reports
 
 
 def _by_chunk(units: Sequence[Unit]) -> Iterator[tuple[int, list[Unit]]]:
@@ -276,12 +322,13 @@ def _by_chunk(units: Sequence[Unit]) -> Iterator[tuple[int, list[Unit]]]:
     yield from sorted(grouped.items())
 
 
-def _progress(total: int, plan: Plan, enabled: bool) -> object | None:
+def _progress(total: int, plan: Plan, enabled: bool, sources: int = 1) -> object | None:
     if not enabled or not total:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"{plan.source_id} / {plan.cohort}", unit="img", smoothing=0.1)
+    label = plan.source_id if sources == 1 else f"{sources} sources"
+    return tqdm(total=total, desc=f"{label} / {plan.cohort}", unit="img", smoothing=0.1)
 
 
 def assemble(plan: Plan, work: Path, global_names: Sequence[str], local_name: str) -> dict[str, Path]:

@@ -126,6 +126,7 @@ class EncoderFeatures:
 
     encoder: object  # lesionsignal.encoders.Encoder
     batch_size: int = 16
+    seed: int = 0  # the build seed of a random-init encoder (part of its identity)
 
     @property
     def spec(self) -> object:
@@ -138,7 +139,8 @@ class EncoderFeatures:
     @property
     def key(self) -> str:
         enc = self.encoder
-        return stable_digest("encoder", enc.spec, str(enc.dtype), getattr(enc, "seed", None))
+        seed = self.seed if enc.spec.random_init else None
+        return stable_digest("encoder", enc.spec, str(enc.dtype), seed)
 
     @property
     def global_names(self) -> tuple[str, ...]:

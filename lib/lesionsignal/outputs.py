@@ -122,6 +122,13 @@ class Outputs:
         self._log("table", name, caption, base.with_suffix(".csv"))
         return base.with_suffix(".csv")
 
+    def run_log(self, frame: pd.DataFrame, name: str) -> Path:
+        """Timings and cache use of this execution: kept beside the executed notebook, not among the paper's tables,
+        because they differ from run to run while every table must be byte-identical for identical parameters."""
+        target = self.log_path.parent.parent / "logs" / f"{name}.csv"
+        atomic_write_text(target, frame_to_csv(frame))
+        return target
+
     def figure(self, fig: object, name: str, caption: str) -> Path:
         """Save a matplotlib figure as PNG and PDF, stamped with the run label when the run is not the study."""
         import matplotlib.pyplot as plt

@@ -134,6 +134,7 @@ class CohortParams:
     n_images: int | None = None  # detection-set size drawn with default_rng(seed) (SPEC: 40,000); None: all
     test_fraction: float = 0.2
     seed: int = 42
+    exclude_invalid: bool = False  # True: invalid rows go to an exclusion list beside the manifest instead of failing
 
     def required_files(self) -> list[tuple[str, Path]]:
         """(field, path) of every input file or folder this kind reads."""
