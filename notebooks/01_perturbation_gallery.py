@@ -24,7 +24,8 @@ params_file = "params/demo.yaml"
 # and the difference map. The table lists every condition with its patch size, its area ratio against the
 # 1024 x 1024 canvas, and its parameters.
 #
-# Placement is deterministic: the patch origin is drawn from `default_rng(int(sha256(f"{base_seed}_{image_id}")[:8], 16))`
+# Placement is deterministic: the patch origin is drawn from
+# `default_rng(int(sha256(f"{base_seed}_{image_id}")[:8], 16))`
 # inside the central region, so one film and one patch size put every perturbation type at the same place.
 
 # %%

@@ -71,3 +71,13 @@ def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
     atomic_write_text(target, "hello")
     assert target.read_text() == "hello"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]
+
+
+def test_index_lists_every_output_with_its_notebook(outputs: Outputs, tmp_path: Path) -> None:
+    from lesionsignal.outputs import write_index
+
+    outputs.table(_frame(), "t9", "A listed table")
+    index = write_index(outputs.params, tmp_path)
+    text = index.read_text()
+    assert "## 99_test" in text and "| table | t9 | A listed table |" in text and "SMOKE run" in text
+    assert "t9" in index.with_suffix(".html").read_text()

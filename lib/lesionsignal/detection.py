@@ -126,7 +126,9 @@ def run_cells(
         except (DetectionError, KeyError) as err:
             raise DetectionError(f"{cell.model} / {cell.dataset} / {cell.perturbation} / {cell.pool}: {err}") from err
         _, summary = probe_cell(design, config, n_boot)
-        rows.append({"model": cell.model, "dataset": cell.dataset, "pool": cell.pool, "perturbation": cell.perturbation})
+        rows.append(
+            {"model": cell.model, "dataset": cell.dataset, "pool": cell.pool, "perturbation": cell.perturbation}
+        )
         rows[-1].update(summary)
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lesionsignal.outputs import write_index
 from lesionsignal.params import Params, load_params, project_root, resolve
 
 KERNEL = "lesionsignal"
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{params.name}] running {section.source.name} ...", flush=True)
         target = execute(section, args.params, params, root, html=not args.no_html)
         print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {target}")
+    index = write_index(params, root)
+    print(f"[{params.name}] index of tables and figures: {index}")
     return 0
 
 

@@ -155,3 +155,43 @@ class Outputs:
         payload = {"notebook": self.notebook, "params": self.params.source, "label": self.params.label}
         payload["outputs"] = self.written
         atomic_write_text(self.log_path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def write_index(params: Params, root: Path | None = None) -> Path:
+    """An index page (Markdown and HTML) of every table and figure of the run, with the notebook and params."""
+    import html
+
+    root = root or project_root()
+    reports = resolve(params, params.paths.reports, root) / params.name
+    logs = sorted((reports / "outputs").glob("*.json"))
+    lines = [f"# {params.name}: tables and figures", "", f"_{params.label}_", ""]
+    rows_html = []
+    for log_file in logs:
+        log = json.loads(log_file.read_text())
+        notebook = log["notebook"]
+        lines += [
+            f"## {notebook}",
+            "",
+            f"executed notebook: `{notebook}.ipynb` / `{notebook}.html`; params: `{log['params']}`",
+            "",
+        ]
+        lines += ["| kind | name | caption | file |", "|---|---|---|---|"]
+        for entry in log["outputs"]:
+            lines.append(f"| {entry['kind']} | {entry['name']} | {entry['caption']} | `{entry['path']}` |")
+            link = os.path.relpath(root / entry["path"], reports)
+            rows_html.append(
+                f"<tr><td>{html.escape(notebook)}</td><td>{entry['kind']}</td><td><a href='{html.escape(link)}'>"
+                f"{html.escape(entry['name'])}</a></td><td>{html.escape(entry['caption'])}</td></tr>"
+            )
+        lines.append("")
+    markdown = reports / "index.md"
+    atomic_write_text(markdown, "\n".join(lines) + "\n")
+    page = (
+        f"<html><head><meta charset='utf-8'><title>{html.escape(params.name)}</title></head><body>"
+        f"<h1>{html.escape(params.name)}: tables and figures</h1><p><em>{html.escape(params.label)}</em></p>"
+        "<table border='1' cellpadding='4'><tr><th>notebook</th><th>kind</th><th>name</th><th>caption</th></tr>"
+        + "".join(rows_html)
+        + "</table></body></html>\n"
+    )
+    atomic_write_text(reports / "index.html", page)
+    return markdown

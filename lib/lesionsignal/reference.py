@@ -41,9 +41,7 @@ def reported(table: str) -> pd.DataFrame:
         return pd.read_csv(handle)
 
 
-def compare(
-    reproduced: pd.DataFrame, table: str, keys: Sequence[str], value: str, params: Params
-) -> pd.DataFrame:
+def compare(reproduced: pd.DataFrame, table: str, keys: Sequence[str], value: str, params: Params) -> pd.DataFrame:
     """Reproduced values beside the reported ones for every reported cell, with the difference.
 
     Reported cells with no reproduced counterpart stay in the table with an empty reproduced value, so a missing
