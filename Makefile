@@ -53,6 +53,7 @@ bench: data
 	@mkdir -p bench/results
 	$(PY) bench/bench_panel.py --out bench/results/panel.json
 	$(PY) bench/bench_probe.py --out bench/results/probe.json
+	$(PY) bench/bench_extract.py --out bench/results/extract.json
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks \

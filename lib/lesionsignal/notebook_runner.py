@@ -77,7 +77,7 @@ def execute(section: Section, params_file: Path, params: Params, root: Path, htm
     papermill.execute_notebook(
         str(source_ipynb),
         str(target),
-        parameters={"params_file": str(params_file.resolve())},
+        parameters={"params_file": os.path.relpath(params_file.resolve(), root)},
         kernel_name=kernel,
         cwd=str(root),
         progress_bar=False,
