@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,20 +71,25 @@ def execute(section: Section, params_file: Path, params: Params, root: Path, htm
     notebook = jupytext.read(section.source)
     kernel = kernel_name()
     notebook.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
-    source_ipynb = out_dir / f".{section.stem}.source.ipynb"
+    # A private input file per execution: two runs of one section (two terminals, parallel tests) must not collide.
+    handle, name = tempfile.mkstemp(dir=out_dir, prefix=f".{section.stem}.", suffix=".source.ipynb")
+    os.close(handle)
+    source_ipynb = Path(name)
     nbformat.write(notebook, source_ipynb)
     target = out_dir / f"{section.stem}.ipynb"
-    # Papermill runs the kernel in the project root so relative paths in params mean the same as under make.
-    papermill.execute_notebook(
-        str(source_ipynb),
-        str(target),
-        parameters={"params_file": os.path.relpath(params_file.resolve(), root)},
-        kernel_name=kernel,
-        cwd=str(root),
-        progress_bar=False,
-        log_output=False,
-    )
-    source_ipynb.unlink()
+    try:
+        # Papermill runs the kernel in the project root so relative paths in params mean the same as under make.
+        papermill.execute_notebook(
+            str(source_ipynb),
+            str(target),
+            parameters={"params_file": os.path.relpath(params_file.resolve(), root)},
+            kernel_name=kernel,
+            cwd=str(root),
+            progress_bar=False,
+            log_output=False,
+        )
+    finally:
+        source_ipynb.unlink(missing_ok=True)
     if html:
         _export_html(target)
     return target
