@@ -34,6 +34,7 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, buffer.getvalue())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
