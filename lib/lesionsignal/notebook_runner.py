@@ -86,7 +86,7 @@ def execute(section: Section, params_file: Path, params: Params, root: Path, htm
             kernel_name=kernel,
             cwd=str(root),
             progress_bar=False,
-            log_output=False,
+            log_output=True,  # the notebook's own progress bars and messages reach the terminal running make
         )
     finally:
         source_ipynb.unlink(missing_ok=True)
