@@ -15,9 +15,11 @@ def project_root() -> Path:
     return ROOT
 
 
-@pytest.fixture
-def smoke_params_file(tmp_path: Path) -> Path:
-    """params/smoke.yaml with every output path moved under tmp_path; the data cache stays the project's."""
+@pytest.fixture(scope="session")
+def smoke_params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params/smoke.yaml with every output path moved to one temporary folder for the whole session, so the
+    notebooks, executed in order, hand their caches on as under `make paper`; the data cache stays the project's."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
     data = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     for key in ("work", "figures", "tables", "reports"):
         data["paths"][key] = str(tmp_path / key)

@@ -33,12 +33,12 @@ def test_notebooks_start_with_a_parameters_cell() -> None:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("section", SECTIONS, ids=[s.stem for s in SECTIONS])
-def test_notebook_executes_on_smoke_params(section, smoke_params_file: Path, tmp_path: Path) -> None:
+def test_notebook_executes_on_smoke_params(section, smoke_params_file: Path) -> None:
     params = load_params(smoke_params_file)
     executed = execute(section, smoke_params_file, params, ROOT, html=True)
     assert executed.is_file() and executed.with_suffix(".html").is_file()
     assert (ROOT / "notebooks" / section.source.name).is_file()  # the source is never overwritten
-    log = json.loads((tmp_path / "reports" / "smoke" / "outputs" / f"{section.stem}.json").read_text())
+    log = json.loads((params.paths.reports / "smoke" / "outputs" / f"{section.stem}.json").read_text())
     assert log["outputs"], f"{section.stem} wrote no table or figure"
     for entry in log["outputs"]:
         path = ROOT / entry["path"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,12 +14,17 @@ import pandas as pd
 import pytest
 
 from lesionsignal.outputs import Outputs, atomic_write_text, frame_to_latex, frame_to_markdown
-from lesionsignal.params import load_params
+from lesionsignal.params import Paths, load_params
 
 
 @pytest.fixture
 def outputs(smoke_params_file: Path, tmp_path: Path) -> Outputs:
-    return Outputs(load_params(smoke_params_file), notebook="99_test", root=tmp_path)
+    params = load_params(smoke_params_file)
+    paths = Paths(
+        data_cache=params.paths.data_cache, work=tmp_path / "w", figures=tmp_path / "f", tables=tmp_path / "t"
+    )
+    paths = dataclasses.replace(paths, reports=tmp_path / "r")
+    return Outputs(dataclasses.replace(params, paths=paths), notebook="99_test", root=tmp_path)
 
 
 def _frame() -> pd.DataFrame:
