@@ -216,6 +216,7 @@ class LesionParams:
     negatives_per_positive: int = 2
     negative_placement: Literal["same_position", "uniform"] = "same_position"  # the authors: uniform
     n_boot: int = 10000
+    seed: int = 42  # negatives' images and (uniform) positions, and the paired bootstrap
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -233,3 +234,73 @@ def plot_umap_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title
     axes[0].legend(handles=handles, loc="best", fontsize="small")
     figure.suptitle(title)
     return figure
+
+
+# ------------------------------------------------------------------------- tables of many cells, and their ranks
+
+CELL_KEYS = ("model", "dataset", "pool", "perturbation")
+MEASURES = ("silhouette", "mahalanobis")
+# UMAP panels when the parameters name none: the smallest drawn pattern and the largest diffuse one, so a figure
+# shows both ends of the panel without drawing all of it (UMAP takes seconds per panel).
+DEFAULT_UMAP_CONDITIONS = ("S8", "ground_glass_64")
+
+
+def umap_conditions(chosen: Sequence[str], available: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(conditions to draw, conditions asked for but not extracted): ``chosen``, or the default pair when empty.
+
+    With nothing chosen and neither default extracted, the first available condition is drawn.
+    """
+    have = list(available)
+    if chosen:
+        return tuple(c for c in chosen if c in have), tuple(c for c in chosen if c not in have)
+    drawn = tuple(c for c in DEFAULT_UMAP_CONDITIONS if c in have)
+    return drawn or tuple(have[:1]), ()
+
+
+def separation_row(
+    labels: dict[str, str], x_clean: object, x_perturbed: object, *, max_points: int, seed: int, shrink: float
+) -> dict[str, object]:
+    """One table row: the cell's ``labels`` (CELL_KEYS) with its silhouette, Mahalanobis distance and size."""
+    missing = [key for key in CELL_KEYS if key not in labels]
+    if missing:
+        raise SeparationError(f"labels: missing cell keys {missing}")
+    where = ", ".join(f"{k}={labels[k]}" for k in CELL_KEYS)
+    try:
+        result = separation(x_clean, x_perturbed, max_points=max_points, seed=seed, shrink=shrink)
+    except SeparationError as err:
+        raise SeparationError(f"{where}: {err}") from err
+    return {**{k: labels[k] for k in CELL_KEYS}, **{m: getattr(result, m) for m in MEASURES}, "n": result.n}
+
+
+def rank_agreement_table(
+    separations: pd.DataFrame, aucs: pd.DataFrame, measures: Sequence[str] = MEASURES
+) -> pd.DataFrame:
+    """Spearman rho (and p) between each separation measure and the probe AUC of the same cells: over all cells,
+    then per pool. A scope with fewer than 3 cells, or constant values, gets NaN and a note saying why."""
+    for name, frame, columns in (
+        ("separations", separations, (*CELL_KEYS, *measures)),
+        ("aucs", aucs, (*CELL_KEYS, "auc")),
+    ):
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise SeparationError(f"{name}: missing columns {absent}; has {list(frame.columns)}")
+    merged = separations.merge(aucs[[*CELL_KEYS, "auc"]], on=list(CELL_KEYS), how="left", validate="one_to_one")
+    unmatched = merged["auc"].isna()
+    if unmatched.any():
+        first = dict(merged.loc[unmatched, list(CELL_KEYS)].iloc[0])
+        raise SeparationError(f"aucs: no probe AUC for {int(unmatched.sum())} separation cell(s), e.g. {first}")
+    scopes = [("all pools", merged)] + [(f"pool {p}", part) for p, part in merged.groupby("pool", sort=False)]
+    rows = []
+    for scope, part in scopes:
+        for measure in measures:
+            sep = part[measure].to_numpy(dtype=np.float64)
+            auc = part["auc"].to_numpy(dtype=np.float64)
+            note = ""
+            if sep.size < 3:
+                note = f"{sep.size} cell(s): a rank correlation needs at least 3"
+            elif np.ptp(sep) == 0 or np.ptp(auc) == 0:
+                note = "constant values: the rank correlation is undefined"
+            rho, p = rank_agreement(sep, auc) if not note else (math.nan, math.nan)
+            row = {"scope": scope, "measure": measure, "spearman_rho": rho, "p": p, "n_cells": int(sep.size)}
+            rows.append({**row, "note": note})
+    return pd.DataFrame(rows)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 DEFAULT_PANEL = (
     "C1",
@@ -97,18 +99,144 @@ def sfdi_table(
     return table.reset_index(drop=True)
 
 
-def _with_dataset_means(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def _with_dataset_means(table: pd.DataFrame, keys: list[str], value: str = "sfdi") -> pd.DataFrame:
     if (table["dataset"] == MEAN_LABEL).any():
         raise SfdiError(f"frame: a dataset is named {MEAN_LABEL!r}, which the mean-over-datasets rows use")
     others = [key for key in keys if key != "dataset"]
     if others:
-        means = table.groupby(others, sort=True).agg(sfdi=("sfdi", "mean"), n_datasets=("dataset", "size"))
+        means = table.groupby(others, sort=True).agg(**{value: (value, "mean")}, n_datasets=("dataset", "size"))
         means = means.reset_index()
     else:
-        means = pd.DataFrame({"sfdi": [table["sfdi"].mean()], "n_datasets": [len(table)]})
+        means = pd.DataFrame({value: [table[value].mean()], "n_datasets": [len(table)]})
     means["dataset"] = MEAN_LABEL
     means["n_conditions"] = table["n_conditions"].iloc[0]
     combined = pd.concat([table, means[table.columns]], ignore_index=True)
     combined["_is_mean"] = combined["dataset"] == MEAN_LABEL
     order = [*others, "_is_mean", "dataset"]
     return combined.sort_values(order, kind="stable").drop(columns="_is_mean")
+
+
+# ------------------------------------------------------------------------------ coverage, recovery, figure
+
+
+@dataclass(frozen=True)
+class PanelCoverage:
+    """Which conditions of the SFDI panel a run extracted. An index over part of the panel is not the paper's
+    index: every table and figure made from a partial panel says so."""
+
+    wanted: tuple[str, ...]
+    present: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def label(self) -> str:
+        if self.complete:
+            return f"full panel ({len(self.wanted)} conditions)"
+        return (
+            f"PARTIAL panel: {len(self.present)} of {len(self.wanted)} conditions (missing: {', '.join(self.missing)})"
+        )
+
+
+def panel_coverage(panel: Sequence[str], available: Sequence[str]) -> PanelCoverage:
+    """Split the panel into the conditions the run has (in panel order) and those it lacks."""
+    names = _check_panel(panel)
+    have = set(available)
+    return PanelCoverage(
+        wanted=names,
+        present=tuple(n for n in names if n in have),
+        missing=tuple(n for n in names if n not in have),
+    )
+
+
+def sfdi_report(
+    frame: pd.DataFrame, coverage: PanelCoverage, by: Sequence[str] = ("model", "dataset", "pool")
+) -> pd.DataFrame:
+    """`sfdi_table` over the conditions of the panel the run has, with a ``panel`` column saying how many."""
+    if not coverage.present:
+        raise SfdiError(f"none of the panel's conditions is in this run: {coverage.label}")
+    table = sfdi_table(frame, coverage.present, by)
+    table["panel"] = f"{len(coverage.present)}/{len(coverage.wanted)}"
+    return table
+
+
+def recovery_table(
+    frame: pd.DataFrame,
+    panel: Sequence[str],
+    local: str = "patch_local",
+    reference: str = "cls",
+    by: Sequence[str] = ("model", "dataset"),
+) -> pd.DataFrame:
+    """Patch-local recovery: mean over the panel of AUC(local) - AUC(reference), per group of ``by``.
+
+    Each group must have both pools for every panel condition; with "dataset" among ``by``, a dataset "mean"
+    row per model averages the per-dataset values, as in `sfdi_table`.
+    """
+    names = _check_panel(panel)
+    keys = list(by)
+    needed = [*keys, "pool", *TABLE_INPUT]
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise SfdiError(f"frame: missing columns {missing}; has {list(frame.columns)}")
+    part = frame.loc[frame["perturbation"].isin(names) & frame["pool"].isin((local, reference))]
+    wide = part.pivot_table(index=[*keys, "perturbation"], columns="pool", values="auc", aggfunc="first")
+    rows = []
+    for group, cells in wide.groupby(level=list(range(len(keys))), sort=True):
+        label = dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True))
+        have = {p for p in cells.index.get_level_values("perturbation")}
+        absent = [n for n in names if n not in have]
+        if absent or local not in cells or reference not in cells or cells[[local, reference]].isna().any().any():
+            raise SfdiError(f"group {label}: needs {local} and {reference} AUCs for every panel condition {absent}")
+        gap = (cells[local] - cells[reference]).to_numpy(dtype=np.float64)
+        rows.append({**label, "recovery": float(gap.mean()), "n_conditions": len(names), "n_datasets": 1})
+    if not rows:
+        raise SfdiError(f"frame: no {local} / {reference} AUCs for the panel conditions {list(names)}")
+    table = pd.DataFrame(rows, columns=[*keys, "recovery", "n_conditions", "n_datasets"])
+    if "dataset" in keys:
+        table = _with_dataset_means(table, keys, value="recovery")
+    return table.reset_index(drop=True)
+
+
+_POOL_COLOURS = {"cls": "#4c72b0", "patch_mean": "#55a868", "patch_local": "#c44e52"}
+
+
+def plot_sfdi_recovery(sfdi_rows: pd.DataFrame, recovery_rows: pd.DataFrame, title: str) -> Figure:
+    """Left: each model's SFDI per pool; right: its patch-local recovery (mean AUC gain over CLS on the panel).
+
+    Both frames hold one row per model (and pool, for SFDI): pass the dataset-mean rows, or one dataset's.
+    """
+    for name, rows, columns in (
+        ("sfdi_rows", sfdi_rows, ("model", "pool", "sfdi")),
+        ("recovery_rows", recovery_rows, ("model", "recovery")),
+    ):
+        absent = [c for c in columns if c not in rows.columns]
+        if absent or rows.empty:
+            raise SfdiError(f"{name}: need a non-empty frame with columns {list(columns)}")
+    models = list(dict.fromkeys(sfdi_rows["model"]))
+    found = list(dict.fromkeys(sfdi_rows["pool"]))
+    pools = [p for p in _POOL_COLOURS if p in found] + [p for p in found if p not in _POOL_COLOURS]
+    figure = Figure(figsize=(3.0 + 1.6 * len(models), 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.8 / len(pools)
+    for k, pool in enumerate(pools):
+        values = sfdi_rows.loc[sfdi_rows["pool"] == pool].set_index("model")["sfdi"].reindex(models)
+        x = np.arange(len(models)) + (k - (len(pools) - 1) / 2) * width
+        left.bar(x, values.to_numpy(dtype=float) - CHANCE, width, bottom=CHANCE, label=pool,
+                 color=_POOL_COLOURS.get(pool, "#8c8c8c"))  # fmt: skip
+    left.axhline(CHANCE, color="grey", linestyle="--", linewidth=0.8)
+    left.set_ylim(0.45, 1.0)
+    left.set_ylabel("SFDI (0.5 blind, 1.0 perfect)")
+    left.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
+    left.legend(fontsize="small")
+    left.set_title("SFDI by pool")
+    recovery = recovery_rows.set_index("model")["recovery"].reindex(models).to_numpy(dtype=float)
+    right.bar(np.arange(len(models)), recovery, 0.6, color=_POOL_COLOURS["patch_local"])
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    right.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel("mean AUC(patch-local) - AUC(CLS)")
+    right.set_title("patch-local recovery")
+    figure.suptitle(title)
+    return figure

@@ -1,0 +1,165 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: lesionsignal (.venv)
+#     language: python
+#     name: lesionsignal
+# ---
+
+# %% tags=["parameters"]
+params_file = "params/demo.yaml"
+
+# %% [markdown]
+# # 05 · SFDI: one number for how much small-feature signal each encoder keeps
+#
+# The Small-Feature Detectability Index (SPEC section 8) summarises a probe's detection AUCs over a panel of small
+# conditions: the geometric mean of each AUC clipped below at 0.5, so 0.5 means blind to the whole panel and 1.0
+# perfect. The paper reports it for the CLS probe (T12); here it is computed for CLS, patch-mean and patch-local,
+# per encoder and cohort, with the mean over cohorts. Beside it: each encoder's patch-local recovery, the mean
+# over the same panel of AUC(patch-local) - AUC(CLS), i.e. how much of the lost signal the tokens over the
+# perturbed region still hold.
+#
+# The panel is `sfdi.panel` in the parameters (default: C1, C2, L4, L8, S4, S8, iso_blur_4, iso_blur_8,
+# reticular_fine_32, ground_glass_64). When the run did not extract all of them (the smoke parameters, for
+# example) the index is computed over those it has and every table and figure says so: it is then NOT the
+# paper's index. The AUCs are section 03's probes, read from its content-keyed cache (computed here, with the
+# same code and cache, when section 03 has not run).
+
+# %%
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from lesionsignal import sfdi
+from lesionsignal.detection import file_cells, probe_config, run_files_cached
+from lesionsignal.outputs import Outputs
+from lesionsignal.params import Analysis, load_params, resolve
+from lesionsignal.reference import compare
+from lesionsignal.study import (
+    conditions,
+    device_for,
+    embeddings_path,
+    encoder_source,
+    extract_cohort,
+    read_cohort,
+    splits_of,
+)
+
+params = load_params(params_file)
+params.check_files()
+outputs = Outputs(params, notebook="05_sfdi")
+work = resolve(params, params.paths.work)
+chosen = conditions(params)
+present = [c.name for c in chosen]
+models = [e.id for e in params.encoders]
+panel_cohorts = params.cohorts_for(Analysis.PANEL)
+coverage = sfdi.panel_coverage(params.sfdi.panel, present)
+timings = []
+print(params.label)
+print(f"SFDI panel: {coverage.label}")
+
+# %% [markdown]
+# ## The panel in this run
+# Which of the panel's conditions the run extracted.
+
+# %%
+panel_table = pd.DataFrame(
+    {"condition": list(coverage.wanted), "in_run": [name in coverage.present for name in coverage.wanted]}
+)
+outputs.table(panel_table, "05_sfdi_panel", f"SFDI panel conditions and whether this run has them: {coverage.label}")
+if not coverage.present:
+    print("None of the SFDI panel's conditions is in this run: no index can be computed; the section stops here.")
+panel_table
+
+# %% [markdown]
+# ## Inputs: embeddings (section 02) and probe AUCs (section 03)
+# The embeddings are section 02's cache; any that are missing are extracted now by the same cached pipeline.
+
+# %%
+manifests = {c.name: read_cohort(params, c) for c in panel_cohorts}
+splits = {name: splits_of(m) for name, m in manifests.items()}
+wanted = [(m, c.name, k) for m in models for c in panel_cohorts for k in [*coverage.present, "clean"]]
+missing = [key for key in wanted if not embeddings_path(params, *key).is_file()]
+if missing and coverage.present:
+    print(f"{len(missing)} embedding file(s) of section 02 are missing: extracting them now (same cached pipeline)")
+    started = time.perf_counter()
+    device = device_for(params)
+    sources = [encoder_source(e, device) for e in params.encoders if e.id in {m for m, _, _ in missing}]
+    for cohort in panel_cohorts:
+        extract_cohort(params, sources, cohort, manifests[cohort.name], chosen)
+    timings.append({"step": "extraction (section 02 cache missing)", "seconds": time.perf_counter() - started})
+
+started = time.perf_counter()
+files = []
+for model in models:
+    for cohort in panel_cohorts:
+        for name in coverage.present:
+            path = embeddings_path(params, model, cohort.name, name)
+            with np.load(path, allow_pickle=False) as archive:
+                files.append((path, file_cells(model, cohort.name, name, archive.files)))
+probe_cache = work / "probes" / "detection"  # section 03's cache: the same files give the same keys
+run = run_files_cached(
+    files, splits, probe_config(params.probe), params.probe.n_boot, probe_cache, workers=params.extraction.workers
+)
+aucs = run.results
+timings.append({"step": "probe AUCs", "seconds": time.perf_counter() - started, "probed": run.files_probed})
+print(f"{len(aucs)} probe AUCs from {len(files)} files ({run.files_probed} probed now, {run.files_reused} cached)")
+
+# %% [markdown]
+# ## T12: SFDI per encoder, cohort and pool
+# One index per (encoder, cohort, pool); the `mean` rows average the cohorts. `panel` says over how many of the
+# panel's conditions it was computed.
+
+# %%
+if coverage.present:
+    table = sfdi.sfdi_report(aucs, coverage, by=("model", "dataset", "pool"))
+    caption = f"T12: SFDI per encoder, cohort and pool over the {coverage.label}"
+    outputs.table(table, "05_T12_sfdi_all_pools", caption)
+    cls_wide = table.loc[table["pool"] == "cls"].pivot(index="model", columns="dataset", values="sfdi")
+    cls_wide = cls_wide.reindex(index=models).reset_index()
+    outputs.table(cls_wide, "05_T12_sfdi_cls", f"T12: SFDI of the CLS probe per encoder and cohort ({coverage.label})")
+    display(cls_wide)
+    display(table)
+
+# %% [markdown]
+# ## SFDI beside patch-local recovery
+# Left: each encoder's SFDI per pool (cohort mean). Right: its patch-local recovery, the mean over the panel of
+# AUC(patch-local) - AUC(CLS) (cohort mean).
+
+# %%
+if coverage.present:
+    recovery = sfdi.recovery_table(aucs, coverage.present)
+    recovery["panel"] = f"{len(coverage.present)}/{len(coverage.wanted)}"
+    outputs.table(recovery, "05_patch_local_recovery", f"Patch-local recovery over the {coverage.label}")
+    means = table.loc[table["dataset"] == sfdi.MEAN_LABEL]
+    figure = sfdi.plot_sfdi_recovery(
+        means, recovery.loc[recovery["dataset"] == sfdi.MEAN_LABEL], f"SFDI and patch-local recovery ({coverage.label})"
+    )
+    outputs.figure(figure, "05_sfdi_recovery", f"SFDI per pool beside patch-local recovery ({coverage.label})")
+    display(recovery)
+
+# %% [markdown]
+# ## Reported vs reproduced (study runs with the full panel only)
+
+# %%
+if params.is_demo:
+    print(f"{params.run.value} run: not comparable with the paper's T12; no comparison made.")
+elif not coverage.complete:
+    print(f"The index covers a {coverage.label}: not the paper's index, no comparison made.")
+else:
+    reproduced = table.loc[table["pool"] == "cls", ["model", "dataset", "sfdi"]]
+    side_by_side = compare(reproduced, "T12", ("model", "dataset"), "sfdi", params)
+    outputs.table(side_by_side, "05_T12_reported_vs_reproduced", "T12 (CLS SFDI): reported vs reproduced")
+    display(side_by_side)
+
+# %%
+outputs.run_log(pd.DataFrame(timings), "05_sfdi_timing")
+print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
