@@ -8,13 +8,22 @@ reported with its stratified bootstrap CI.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+import hashlib
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lesionsignal.probe import ProbeConfig, ProbeResult, fit_probe
+from lesionsignal.arrays import load_arrays
+from lesionsignal.features import stable_digest
+from lesionsignal.outputs import atomic_write_text
+from lesionsignal.params import ProbeParams
+from lesionsignal.probe import ProbeConfig, ProbeResult, Solver, fit_probe
 from lesionsignal.stats import bootstrap_auc_ci
 
 RESULT_COLUMNS = (
@@ -141,3 +150,180 @@ def pooling_gaps(results: pd.DataFrame) -> pd.DataFrame:
     gap = (wide["patch_local"] - wide["cls"]).rename("gap").reset_index()
     summary = gap.groupby("model")["gap"].agg(["mean", "min", "max", "count"]).reset_index()
     return summary.rename(columns={"mean": "mean_gap", "min": "min_gap", "max": "max_gap", "count": "cells"})
+
+
+# ---------------------------------------------------------------- cells of a condition file, and the result cache
+
+RAW_SOURCE = "raw-pixels"
+_CODE_MODULES = ("probe", "stats", "detection")
+_CLEAN, _PERTURBED = "clean_", "perturbed_"
+
+
+def probe_config(settings: ProbeParams, device: str = "cpu") -> ProbeConfig:
+    """The probe of SPEC section 4 as the run's parameters set it."""
+    return ProbeConfig(
+        c_grid=tuple(settings.c_grid),
+        folds=settings.folds,
+        seed=settings.seed,
+        max_iter=settings.max_iter,
+        solver=Solver(settings.solver),
+        device=device,
+    )
+
+
+def file_cells(source_id: str, dataset: str, perturbation: str, array_names: Iterable[str]) -> list[CellSpec]:
+    """One cell per pool stored in a condition file (a ``clean_<pool>`` / ``perturbed_<pool>`` pair).
+
+    The raw-pixel source stores two baselines; each is reported as a model of its own (``raw-global``,
+    ``raw-oracle``), as the paper's tables do.
+    """
+    names = set(array_names)
+    pools = [n[len(_CLEAN) :] for n in sorted(names) if n.startswith(_CLEAN)]
+    unpaired = [p for p in pools if f"{_PERTURBED}{p}" not in names]
+    where = f"{source_id} / {dataset} / {perturbation}"
+    if not pools:
+        raise DetectionError(f"{where}: no clean_<pool> arrays among {sorted(names)}")
+    if unpaired:
+        raise DetectionError(f"{where}: clean pools without a perturbed twin: {unpaired}")
+    cells = []
+    for pool in pools:
+        model = pool.replace("_", "-") if source_id == RAW_SOURCE else source_id
+        cells.append(CellSpec(model, dataset, pool, perturbation, f"{_CLEAN}{pool}", f"{_PERTURBED}{pool}"))
+    return cells
+
+
+def code_digest() -> str:
+    """Hash of the modules whose code decides a probe's numbers: a change there invalidates cached results."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for name in _CODE_MODULES:
+        digest.update((package / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    """CSV whose floats read back bit for bit (shortest round-trip repr), written atomically."""
+    atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    return path
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    # pandas' default parser reads back the shortest round-trip repr exactly (checked in tests/test_panel_tables).
+    return pd.read_csv(path)
+
+
+def _one_thread() -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)  # BLAS too; the limit holds for this worker process's whole life
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and BLAS on one thread inside the block, as in a ``worker_pool`` process; restored afterwards."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Fresh (spawned) worker processes with one torch thread each.
+
+    One thread per worker makes the numbers independent of the worker count (a matrix product's summation
+    order depends on its threads) and keeps small problems from fighting over cores: on a busy two-core
+    machine a 96-d probe with two torch threads was measured twenty times slower than with one.
+    Spawned, not forked: forking a process whose OpenMP pool is already running can deadlock.
+    """
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_one_thread)
+
+
+def _probe_file(
+    path: Path, cells: Sequence[CellSpec], splits: Mapping[str, Mapping[str, str]], config: ProbeConfig, n_boot: int
+) -> pd.DataFrame:
+    arrays = load_arrays(path)
+    return run_cells(cells, lambda _cell: arrays, splits, config, n_boot, progress=False)
+
+
+@dataclass(frozen=True)
+class CachedRun:
+    results: pd.DataFrame
+    files_probed: int  # condition files whose probes ran now
+    files_reused: int  # condition files whose results came from the cache
+
+
+def run_files_cached(
+    files: Sequence[tuple[Path, Sequence[CellSpec]]],
+    splits: Mapping[str, Mapping[str, str]],
+    config: ProbeConfig,
+    n_boot: int,
+    cache: Path,
+    workers: int = 1,
+    progress: bool = True,
+) -> CachedRun:
+    """Probe the cells of each condition file, reusing results stored under a key of everything they depend on.
+
+    The key hashes the file's bytes, its cells, the splits of its dataset, the probe settings and the probe code,
+    so a changed embedding, split or solver recomputes exactly the files it touches and nothing else. Files to
+    probe go to ``workers`` processes (largest first, so the slow wide ones do not come last), or run here when
+    ``workers`` is 1; either way on one thread each, so the numbers do not depend on ``workers``. The results
+    come back in the order of ``files`` whatever the order of completion.
+    """
+    split_keys = {name: stable_digest(sorted(mapping.items())) for name, mapping in splits.items()}
+    code = code_digest()
+    targets = []
+    for path, cells in files:
+        datasets = sorted({cell.dataset for cell in cells})
+        missing = [d for d in datasets if d not in split_keys]
+        if missing:
+            raise DetectionError(f"{path}: no splits given for dataset(s) {missing}")
+        content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        key = stable_digest(content, list(cells), [split_keys[d] for d in datasets], config, n_boot, code)
+        targets.append(cache / key[:2] / f"{key}.csv")
+    todo = [i for i, target in enumerate(targets) if not target.is_file()]
+    if todo:
+        todo.sort(key=lambda i: -Path(files[i][0]).stat().st_size)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="condition files", unit="file")
+        if workers <= 1:
+            # One worker: no process to spawn (its start costs seconds), the same single-threaded numbers.
+            with one_thread():
+                for i in todo:
+                    path, cells = files[i]
+                    write_frame(_probe_file(Path(path), list(cells), splits, config, n_boot), targets[i])
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            with worker_pool(workers) as pool:
+                futures = {}
+                for i in todo:
+                    path, cells = files[i]
+                    wanted = {d: splits[d] for d in {cell.dataset for cell in cells}}
+                    futures[pool.submit(_probe_file, Path(path), list(cells), wanted, config, n_boot)] = i
+                try:
+                    for future in as_completed(futures):
+                        write_frame(future.result(), targets[futures[future]])
+                        if bar is not None:
+                            bar.update(1)
+                except BaseException:
+                    for future in futures:  # one file failed: do not wait for the rest before reporting it
+                        future.cancel()
+                    raise
+        if bar is not None:
+            bar.close()
+    # Every frame is read back from its CSV, so a first run and a cached run hand on the same values and dtypes.
+    frames = [read_frame(target) for target in targets]
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RESULT_COLUMNS))
+    return CachedRun(results, len(todo), len(files) - len(todo))
