@@ -135,7 +135,7 @@ for source in sources:
                 names = archive.files
             files.append((path, file_cells(source, cohort.name, name, names)))
 run = run_files_cached(
-    files, splits, config, params.probe.n_boot, work / "probes" / "detection", workers=params.extraction.workers
+    files, splits, config, params.probe.n_boot, work / "probes" / "detection", workers=params.probe.workers
 )
 results = run.results
 timings.append(
@@ -182,7 +182,7 @@ else:
             placement(params),
             ft_config,
             work / "probes" / "finetune",
-            workers=params.extraction.workers,
+            workers=params.probe.workers,
         )
         runs.append(ft_run.results)
         timings.append(
@@ -306,6 +306,7 @@ with one_thread():
         config,
         params.probe.n_boot,
         params.probe.alpha,
+        paired_n_boot=params.probe.paired_n_boot,
     )
 timings.append({"step": "disease probes", "seconds": time.perf_counter() - started, "probes": len(disease.t2)})
 if not disease.skipped.empty:

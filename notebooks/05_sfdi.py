@@ -107,7 +107,7 @@ for model in models:
                 files.append((path, file_cells(model, cohort.name, name, archive.files)))
 probe_cache = work / "probes" / "detection"  # section 03's cache: the same files give the same keys
 run = run_files_cached(
-    files, splits, probe_config(params.probe), params.probe.n_boot, probe_cache, workers=params.extraction.workers
+    files, splits, probe_config(params.probe), params.probe.n_boot, probe_cache, workers=params.probe.workers
 )
 aucs = run.results
 timings.append({"step": "probe AUCs", "seconds": time.perf_counter() - started, "probed": run.files_probed})

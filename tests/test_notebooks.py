@@ -47,3 +47,24 @@ def test_notebook_executes_on_smoke_params(section, smoke_params_file: Path) -> 
             assert path.with_suffix(".md").is_file() and path.with_suffix(".tex").is_file()
         else:
             assert path.with_suffix(".pdf").is_file()
+
+
+@pytest.mark.notebook
+def test_an_executed_section_is_up_to_date_until_an_output_changes(smoke_params_file: Path) -> None:
+    from lesionsignal.notebook_runner import up_to_date, write_stamp
+
+    params = load_params(smoke_params_file)
+    section = SECTIONS[0]
+    if not (params.paths.reports / "smoke" / f"{section.stem}.ipynb").is_file():
+        execute(section, smoke_params_file, params, ROOT, html=False)
+    write_stamp(section, params, ROOT)
+    assert up_to_date(section, params, ROOT)
+    log = json.loads((params.paths.reports / "smoke" / "outputs" / f"{section.stem}.json").read_text())
+    table = ROOT / next(e["path"] for e in log["outputs"] if e["kind"] == "table")
+    original = table.read_bytes()
+    table.write_bytes(original + b"tampered\n")
+    try:
+        assert not up_to_date(section, params, ROOT)
+    finally:
+        table.write_bytes(original)
+    assert up_to_date(section, params, ROOT)

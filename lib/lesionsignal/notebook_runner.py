@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import sys
@@ -15,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesionsignal.outputs import write_index
+from lesionsignal.outputs import atomic_write_text, write_index
 from lesionsignal.params import Params, load_params, project_root, resolve
 
 KERNEL = "lesionsignal"
@@ -95,6 +97,64 @@ def execute(section: Section, params_file: Path, params: Params, root: Path, htm
     return target
 
 
+def section_key(section: Section, params: Params, root: Path) -> str:
+    """What a section's results depend on: its notebook, the run's parameters, the package's code and the data.
+
+    Upstream sections are covered through the same three inputs: their caches are content-keyed on them too.
+    """
+    digest = hashlib.sha256()
+    digest.update(section.source.read_bytes())
+    digest.update(params.digest().encode())
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".csv"}:
+            digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    provenance = resolve(params, params.paths.data_cache, root) / "provenance.json"
+    if provenance.is_file():
+        digest.update(provenance.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp_path(section: Section, params: Params, root: Path) -> Path:
+    return resolve(params, params.paths.reports, root) / params.name / "stamps" / f"{section.stem}.json"
+
+
+def _output_hashes(section: Section, params: Params, root: Path) -> dict[str, str] | None:
+    """sha256 of every file the section's last execution logged, or None when the log or a file is missing."""
+    log = resolve(params, params.paths.reports, root) / params.name / "outputs" / f"{section.stem}.json"
+    if not log.is_file():
+        return None
+    hashes = {}
+    for entry in json.loads(log.read_text())["outputs"]:
+        base = root / entry["path"]
+        companions = (".csv", ".md", ".tex") if entry["kind"] == "table" else (".png", ".pdf")
+        for suffix in companions:
+            path = base.with_suffix(suffix)
+            if not path.is_file():
+                return None
+            hashes[os.path.relpath(path, root)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def up_to_date(section: Section, params: Params, root: Path) -> bool:
+    """True when the section ran with these inputs and every table and figure it wrote is still there, unchanged."""
+    stamp = _stamp_path(section, params, root)
+    if not stamp.is_file():
+        return False
+    recorded = json.loads(stamp.read_text())
+    executed = resolve(params, params.paths.reports, root) / params.name / f"{section.stem}.ipynb"
+    return (
+        executed.is_file()
+        and recorded.get("key") == section_key(section, params, root)
+        and recorded.get("outputs") == _output_hashes(section, params, root)
+    )
+
+
+def write_stamp(section: Section, params: Params, root: Path) -> None:
+    payload = {"key": section_key(section, params, root), "outputs": _output_hashes(section, params, root)}
+    atomic_write_text(_stamp_path(section, params, root), json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
 def _export_html(notebook_path: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
@@ -111,15 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="two-digit section number to run alone")
     parser.add_argument("--notebooks", type=Path, default=None)
     parser.add_argument("--no-html", action="store_true")
+    parser.add_argument("--force", action="store_true", help="execute even the sections that are up to date")
     args = parser.parse_args(argv)
     root = project_root()
     params = load_params(args.params)
     chosen = select(sections(args.notebooks or root / "notebooks"), args.only)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # A section asked for by number always runs (a reviewer re-executing it); a full run skips what is up to date.
+    force = args.force or bool(args.only)
     for section in chosen:
+        if not force and up_to_date(section, params, root):
+            print(f"[{params.name}] {section.source.name} is up to date (same notebook, params, code and data)")
+            continue
         started = time.perf_counter()
         print(f"[{params.name}] running {section.source.name} ...", flush=True)
         target = execute(section, args.params, params, root, html=not args.no_html)
+        write_stamp(section, params, root)
         print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {target}")
     index = write_index(params, root)
     print(f"[{params.name}] index of tables and figures: {index}")

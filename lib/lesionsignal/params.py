@@ -198,8 +198,10 @@ class ProbeParams:
     max_iter: int = 2000
     solver: Literal["fast", "sklearn"] = "fast"
     n_boot: int = 1000
+    paired_n_boot: int = 10000  # clean-vs-perturbed deltas: with 1,000, no cell could pass BH over 81 cells
     n_perm: int = 5000
     alpha: float = 0.05
+    workers: int = 2  # probe processes (each single-threaded: small probes run faster one thread each)
     finetuned_cnn: bool = True  # the fine-tuned CNN pixel-signal ceiling
     cnn_epochs: int = 3
 
