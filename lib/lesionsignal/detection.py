@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lesionsignal import digests
 from lesionsignal.arrays import load_arrays
 from lesionsignal.features import stable_digest
 from lesionsignal.outputs import atomic_write_text
@@ -80,11 +81,10 @@ def paired_design(
     return PairedDesign(*parts["train"], *parts["test"])
 
 
-def probe_cell(design: PairedDesign, config: ProbeConfig, n_boot: int) -> tuple[ProbeResult, dict[str, float]]:
-    """Fit the probe of SPEC section 4 on one design and summarise it with its bootstrap CI."""
-    result = fit_probe(design.x_train, design.y_train, design.groups_train, design.x_test, design.y_test, config)
-    interval = bootstrap_auc_ci(result.test_labels, result.test_scores, n_boot=n_boot, seed=config.seed)
-    summary = {
+def summarise(result: ProbeResult, n_boot: int, seed: int) -> dict[str, float]:
+    """A fitted probe as a results row: test AUC with its stratified bootstrap CI, F1s, chosen C, sizes."""
+    interval = bootstrap_auc_ci(result.test_labels, result.test_scores, n_boot=n_boot, seed=seed)
+    return {
         "auc": result.auc,
         "ci_low": interval.low,
         "ci_high": interval.high,
@@ -94,6 +94,12 @@ def probe_cell(design: PairedDesign, config: ProbeConfig, n_boot: int) -> tuple[
         "n_train": result.n_train,
         "n_test": result.n_test,
     }
+
+
+def probe_cell(design: PairedDesign, config: ProbeConfig, n_boot: int) -> tuple[ProbeResult, dict[str, float]]:
+    """Fit the probe of SPEC section 4 on one design and summarise it with its bootstrap CI."""
+    result = fit_probe(design.x_train, design.y_train, design.groups_train, design.x_test, design.y_test, config)
+    summary = summarise(result, n_boot, config.seed)
     return result, summary
 
 
@@ -193,12 +199,8 @@ def file_cells(source_id: str, dataset: str, perturbation: str, array_names: Ite
 
 
 def code_digest() -> str:
-    """Hash of the modules whose code decides a probe's numbers: a change there invalidates cached results."""
-    digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for name in _CODE_MODULES:
-        digest.update((package / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
+    """Hash of the modules whose code decides these results: a change there invalidates their caches."""
+    return digests.code_digest(_CODE_MODULES)
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> Path:

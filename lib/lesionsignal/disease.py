@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lesionsignal.detection import summarise
 from lesionsignal.manifest import Manifest
 from lesionsignal.probe import ProbeConfig, ProbeError, ProbeResult, fit_probe
 from lesionsignal.stats import (
     StatsError,
     auc,
     benjamini_hochberg,
-    bootstrap_auc_ci,
     paired_bootstrap_delta_two_sets,
 )
 
@@ -117,16 +117,8 @@ def fit_disease_probe(design: DiseaseDesign, config: ProbeConfig) -> ProbeResult
 
 
 def t2_row(design: DiseaseDesign, result: ProbeResult, n_boot: int, seed: int) -> dict[str, object]:
-    interval = bootstrap_auc_ci(result.test_labels, result.test_scores, n_boot=n_boot, seed=seed)
     return {
-        "auc": result.auc,
-        "ci_low": interval.low,
-        "ci_high": interval.high,
-        "f1": result.f1,
-        "f1_optimistic": result.f1_at_test_optimal,
-        "best_c": result.best_c,
-        "n_train": result.n_train,
-        "n_test": result.n_test,
+        **summarise(result, n_boot, seed),
         "positives_train": int(design.y_train.sum()),
         "positives_test": int(design.y_test.sum()),
     }

@@ -11,7 +11,6 @@ and shards (unit i of every n) merge into the very same bytes as one unsplit run
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesionsignal import digests
 from lesionsignal.arrays import load_arrays, save_arrays
 from lesionsignal.canvas import Window, load_canvas
 from lesionsignal.features import FeatureSource, Pooled, stable_digest
@@ -102,13 +102,8 @@ class ExtractionReport:
 
 
 def code_digest() -> str:
-    """Hash of the modules whose code decides the pixel and vector values: a change there invalidates caches."""
-    digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for name in _CODE_MODULES:
-        source = package / f"{name}.py"
-        digest.update(source.read_bytes() if source.is_file() else name.encode())
-    return digest.hexdigest()[:16]
+    """Hash of the modules whose code decides these results: a change there invalidates their caches."""
+    return digests.code_digest(_CODE_MODULES)
 
 
 def make_plan(

@@ -9,15 +9,14 @@ one cached, resumable pipeline.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
 import numpy as np
 
+from lesionsignal.digests import stable_digest
 from lesionsignal.perturb import Box
 
 RAW_GLOBAL_SIDE = 64  # area-downsampled whole image: 4,096 features
@@ -48,28 +47,6 @@ class FeatureSource(Protocol):
     def local_name(self) -> str: ...
 
     def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled: ...
-
-
-def stable_digest(*parts: object) -> str:
-    """SHA-256 over a canonical JSON rendering of dataclasses, enums, paths, tuples and plain values."""
-
-    def plain(obj: object) -> object:
-        if is_dataclass(obj) and not isinstance(obj, type):
-            return {k: plain(v) for k, v in asdict(obj).items()}
-        if isinstance(obj, dict):
-            return {str(k): plain(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-        if isinstance(obj, list | tuple):
-            return [plain(v) for v in obj]
-        if hasattr(obj, "value") and hasattr(type(obj), "__members__"):
-            return plain(obj.value)
-        if isinstance(obj, str | int | float | bool) or obj is None:
-            return obj
-        if hasattr(obj, "items"):
-            return plain(dict(obj.items()))
-        return str(obj)
-
-    blob = json.dumps([plain(p) for p in parts], sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
 
 
 def oracle_window(box: Box, side: int, canvas_size: int) -> tuple[slice, slice]:

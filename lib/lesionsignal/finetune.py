@@ -23,7 +23,6 @@ as it was found. On CPU the same inputs and seed give the same scores bit for bi
 from __future__ import annotations
 
 import enum
-import hashlib
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from lesionsignal import digests
 from lesionsignal.canvas import Window, load_canvas
 from lesionsignal.detection import RESULT_COLUMNS, one_thread, read_frame, worker_pool, write_frame
 from lesionsignal.extract import ImageItem, Placement
@@ -400,11 +400,8 @@ def result_row(result: FinetuneResult, config: FinetuneConfig, view: View, datas
 
 
 def code_digest() -> str:
-    digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for name in _CODE_MODULES:
-        digest.update((package / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
+    """Hash of the modules whose code decides these results: a change there invalidates their caches."""
+    return digests.code_digest(_CODE_MODULES)
 
 
 def iter_samples(

