@@ -39,18 +39,10 @@ from IPython.display import display
 
 from lesionsignal import separation as sep
 from lesionsignal.arrays import load_arrays
-from lesionsignal.detection import file_cells, one_thread, probe_config, run_files_cached
+from lesionsignal.detection import one_thread
 from lesionsignal.outputs import Outputs
 from lesionsignal.params import Analysis, load_params, resolve
-from lesionsignal.study import (
-    conditions,
-    device_for,
-    embeddings_path,
-    encoder_source,
-    extract_cohort,
-    read_cohort,
-    splits_of,
-)
+from lesionsignal.study import conditions, detection_probes, embeddings_path, read_cohort
 
 POOLS = ("cls", "patch_mean", "patch_local")
 
@@ -78,33 +70,11 @@ if not_extracted:
 
 # %%
 manifests = {c.name: read_cohort(params, c) for c in panel_cohorts}
-splits = {name: splits_of(m) for name, m in manifests.items()}
-wanted = [(m, c.name, k) for m in models for c in panel_cohorts for k in [*measured, "clean"]]
-missing = [key for key in wanted if not embeddings_path(params, *key).is_file()]
-if missing:
-    print(f"{len(missing)} embedding file(s) of section 02 are missing: extracting them now (same cached pipeline)")
-    started = time.perf_counter()
-    device = device_for(params)
-    sources = [encoder_source(e, device) for e in params.encoders if e.id in {m for m, _, _ in missing}]
-    for cohort in panel_cohorts:
-        extract_cohort(params, sources, cohort, manifests[cohort.name], chosen)
-    timings.append({"step": "extraction (section 02 cache missing)", "seconds": time.perf_counter() - started})
-
 started = time.perf_counter()
-files = []
-for model in models:
-    for cohort in panel_cohorts:
-        for name in measured:
-            path = embeddings_path(params, model, cohort.name, name)
-            with np.load(path, allow_pickle=False) as archive:
-                files.append((path, file_cells(model, cohort.name, name, archive.files)))
-probe_cache = work / "probes" / "detection"  # section 03's cache: the same files give the same keys
-run = run_files_cached(
-    files, splits, probe_config(params.probe), params.probe.n_boot, probe_cache, workers=params.probe.workers
-)
+run = detection_probes(params, manifests, models, measured)
 aucs = run.results
 timings.append({"step": "probe AUCs", "seconds": time.perf_counter() - started, "probed": run.files_probed})
-print(f"{len(aucs)} probe AUCs from {len(files)} files ({run.files_probed} probed now, {run.files_reused} cached)")
+print(f"{len(aucs)} probe AUCs ({run.files_probed} files probed now, {run.files_reused} from the cache)")
 
 # %% [markdown]
 # ## S7: separation per (encoder, condition, cohort, pool)

@@ -205,3 +205,37 @@ def extraction_summary(reports: Sequence[ExtractionReport], labels: dict[str, st
             }
         )
     return pd.DataFrame(rows)
+
+
+def detection_probes(
+    params: Params, manifests: dict[str, Manifest], source_ids: Sequence[str], condition_names: Sequence[str]
+) -> object:
+    """Probe AUCs of section 03 for these sources and conditions, from its content-keyed cache.
+
+    Embedding files that section 02 has not left are extracted first by the same cached pipeline, so a section
+    re-run alone computes exactly what a full run would. Returns ``detection.CachedRun``.
+    """
+    from lesionsignal.detection import file_cells, probe_config, run_files_cached
+
+    cohorts = [params.cohort(name) for name in manifests]
+    wanted = [(s, c.name, k) for s in source_ids for c in cohorts for k in [*condition_names, "clean"]]
+    missing = {s for s, c, k in wanted if not embeddings_path(params, s, c, k).is_file()}
+    if missing:
+        print(f"embeddings of {sorted(missing)} are missing: extracting them now (section 02's cached pipeline)")
+        device = device_for(params)
+        by_id = {e.id: e for e in params.encoders}
+        sources = [RawPixels() if s == RawPixels().source_id else encoder_source(by_id[s], device) for s in missing]
+        for cohort in cohorts:
+            extract_cohort(params, sources, cohort, manifests[cohort.name], conditions(params))
+    files = []
+    for source_id in source_ids:
+        for cohort in cohorts:
+            for name in condition_names:
+                path = embeddings_path(params, source_id, cohort.name, name)
+                with np.load(path, allow_pickle=False) as archive:
+                    files.append((path, file_cells(source_id, cohort.name, name, archive.files)))
+    splits = {name: splits_of(m) for name, m in manifests.items()}
+    cache = resolve(params, params.paths.work) / "probes" / "detection"
+    return run_files_cached(
+        files, splits, probe_config(params.probe), params.probe.n_boot, cache, workers=params.probe.workers
+    )
