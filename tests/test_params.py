@@ -99,11 +99,11 @@ def test_digest_ignores_file_name_but_not_values(tmp_path: Path) -> None:
 
 def test_paper_params_name_every_study_input_and_check_files_lists_them() -> None:
     paper = load_params(ROOT / "params" / "paper.yaml")
-    assert {c.kind.value for c in paper.cohorts} == {"nih", "mimic", "institutional", "chestxdet10"}
+    assert {c.kind.value for c in paper.cohorts} == {"real_films", "nih", "mimic", "institutional", "chestxdet10"}
     with pytest.raises(ParamsError) as info:
         paper.check_files(ROOT)
     message = str(info.value)
-    assert "paper.yaml" in message and "cohorts[0].csv" in message and "cohorts[3].train_json" in message
+    assert "paper.yaml" in message and "cohorts[1].csv" in message and "cohorts[4].train_json" in message
 
 
 def test_cohort_kind_requires_its_files(tmp_path: Path) -> None:

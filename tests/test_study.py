@@ -70,3 +70,23 @@ def test_missing_image_fails_naming_it_or_is_excluded_when_allowed(tmp_path: Pat
     params = load_params(_params(tmp_path, cohort))
     with pytest.raises((ManifestError, ValueError), match=victim.name):
         read_cohort(params, params.cohorts[0])
+
+
+def test_real_films_cohort_reads_the_registry_films(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cache = root / ".cache" / "data"
+    if not (cache / "provenance.json").is_file():
+        pytest.skip("registry data not fetched (make data)")
+    data = {
+        "name": "t",
+        "run": "demo",
+        "paths": {"work": str(tmp_path / "work"), "data_cache": str(cache)},
+        "cohorts": [{"name": "films", "kind": "real_films", "uses": []}],
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    params = load_params(path)
+    manifest = read_cohort(params, params.cohorts[0])
+    assert len(manifest.records) == 17
+    assert {r.split for r in manifest.records} == {"test"}
+    assert "RG1_UNCR.dcm" in {r.image_id for r in manifest.records}

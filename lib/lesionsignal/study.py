@@ -86,6 +86,12 @@ def read_cohort(params: Params, cohort: CohortParams, root: Path | None = None, 
         )
     elif kind is CohortKind.INSTITUTIONAL:
         manifest = read_institutional(path(cohort.csv), root=path(cohort.root), cohort=cohort.name)
+    elif kind is CohortKind.REAL_FILMS:
+        from lesionsignal.cohorts import read_real_films
+        from lesionsignal.registry_data import real_films
+
+        films = real_films(resolve(params, params.paths.data_cache, root))
+        manifest = read_real_films([(f.film_id, f.path, f.group, f.label) for f in films], cohort=cohort.name)
     elif kind is CohortKind.CHESTXDET10:
         manifest = read_chestxdet10(
             path(cohort.train_json),
