@@ -135,7 +135,9 @@ class Outputs:
         import matplotlib.pyplot as plt
 
         if self.params.is_demo:
-            fig.text(0.5, 0.003, self.params.label, ha="center", va="bottom", fontsize=7, color="firebrick")
+            # Below everything already drawn (rotated tick labels included), so the label never covers the data.
+            bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
+            fig.text(0.5, bottom - 0.01, self.params.label, ha="center", va="top", fontsize=7, color="firebrick")
         base = self.figures_dir / name
         base.parent.mkdir(parents=True, exist_ok=True)
         for suffix, meta in (
