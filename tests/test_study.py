@@ -90,3 +90,22 @@ def test_real_films_cohort_reads_the_registry_films(tmp_path: Path) -> None:
     assert len(manifest.records) == 17
     assert {r.split for r in manifest.records} == {"test"}
     assert "RG1_UNCR.dcm" in {r.image_id for r in manifest.records}
+
+
+def test_institutional_cohort_with_its_own_columns_and_16_bit_windows(tmp_path: Path) -> None:
+    folder = FIXTURES / "institutional"
+    cohort = {
+        "name": "emory",
+        "kind": "institutional",
+        "csv": str(folder / "cohort.csv"),
+        "root": str(folder),
+        "columns": {"path": "image_path", "patient_id": "mrn", "split": "partition", "view": "view_position"},
+        "label_columns": {"cardiomegaly": "cardiomegaly_label", "edema": "edema_label", "lung_lesion": "lesion_label"},
+        "window_columns": ["voi_min", "voi_max"],
+        "split_map": {"val": "train"},
+    }
+    params = load_params(_params(tmp_path, cohort))
+    manifest = read_cohort(params, params.cohorts[0])
+    first = next(r for r in manifest.records if r.image_id == "emory_0001.png")
+    assert first.window == (1200.0, 3400.0) and first.patient_id == "MRN001"
+    assert dict(first.labels)["cardiomegaly"] == 1

@@ -130,6 +130,10 @@ class CohortParams:
     subsample_manifest: Path | None = None  # MIMIC: the probe-training subsample of the official train split
     train_json: Path | None = None  # ChestX-Det10
     test_json: Path | None = None  # ChestX-Det10
+    window_columns: tuple[str, ...] = ()  # institutional: the (min, max) columns of each 16-bit image's window
+    columns: dict[str, str] = field(default_factory=dict)  # institutional: path / patient_id / split / view -> column
+    label_columns: dict[str, str] = field(default_factory=dict)  # institutional: label name -> CSV column
+    split_map: dict[str, str] = field(default_factory=dict)  # institutional: rename split values, e.g. {val: train}
     lung_lesion_from: tuple[str, ...] = ("Mass", "Nodule")  # the paper's text; the authors' code used Nodule only
     n_images: int | None = None  # detection-set size drawn with default_rng(seed) (SPEC: 40,000); None: all
     test_fraction: float = 0.2
@@ -157,6 +161,11 @@ class CohortParams:
             raise FieldError("n_images", f"need at least 4 images, got {self.n_images}")
         if self.split_lists and len(self.split_lists) != 2:
             raise FieldError("split_lists", "give both train_val_list.txt and test_list.txt")
+        unknown = sorted(set(self.columns) - {"path", "patient_id", "split", "view"})
+        if unknown:
+            raise FieldError("columns", f"unknown column roles {unknown} (known: path, patient_id, split, view)")
+        if self.window_columns and len(self.window_columns) != 2:
+            raise FieldError("window_columns", "give the window's minimum and maximum columns")
 
 
 @dataclass(frozen=True)

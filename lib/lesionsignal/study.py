@@ -6,6 +6,7 @@ generator parameters, the embeddings by their content keys), so re-running a sec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lesionsignal.cohorts import (
+    InstitutionalColumns,
     read_chestxdet10,
     read_demo,
     read_institutional,
@@ -85,7 +87,17 @@ def read_cohort(params: Params, cohort: CohortParams, root: Path | None = None, 
             cohort=cohort.name,
         )
     elif kind is CohortKind.INSTITUTIONAL:
-        manifest = read_institutional(path(cohort.csv), root=path(cohort.root), cohort=cohort.name)
+        columns = InstitutionalColumns(**cohort.columns)
+        if cohort.label_columns:
+            columns = dataclasses.replace(columns, labels=tuple(cohort.label_columns.items()))
+        manifest = read_institutional(
+            path(cohort.csv),
+            root=path(cohort.root),
+            columns=columns,
+            window_columns=(cohort.window_columns[0], cohort.window_columns[1]) if cohort.window_columns else None,
+            split_map=cohort.split_map or None,
+            cohort=cohort.name,
+        )
     elif kind is CohortKind.REAL_FILMS:
         from lesionsignal.cohorts import read_real_films
         from lesionsignal.registry_data import real_films
