@@ -8,6 +8,8 @@ S ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_CACHE ?= .cache/data
+# Jupyter refuses to run as root unless told (containers often are root).
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data paper section test lint bench lab clean-reports
@@ -56,9 +58,9 @@ bench: data
 	$(PY) bench/bench_extract.py --out bench/results/extract.json
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks \
+	$(VENV)/bin/jupyter lab --no-browser --notebook-dir=notebooks \
 	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
-	  --MappingKernelManager.default_kernel_name=lesionsignal
+	  --MappingKernelManager.default_kernel_name=lesionsignal $(LAB_ROOT)
 
 clean-reports:
 	rm -rf reports
