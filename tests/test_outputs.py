@@ -87,3 +87,13 @@ def test_index_lists_every_output_with_its_notebook(outputs: Outputs, tmp_path: 
     text = index.read_text()
     assert "## 99_test" in text and "| table | t9 | A listed table |" in text and "SMOKE run" in text
     assert "t9" in index.with_suffix(".html").read_text()
+
+
+def test_figure_made_without_pyplot_is_labelled_and_saved(outputs: Outputs) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [0, 1])
+    png = outputs.figure(fig, "f2", "no pyplot")
+    assert png.is_file() and png.with_suffix(".pdf").is_file()
+    assert any("SMOKE run" in t.get_text() for t in fig.texts)

@@ -133,10 +133,13 @@ class Outputs:
     def figure(self, fig: object, name: str, caption: str) -> Path:
         """Save a matplotlib figure as PNG and PDF, stamped with the run label when the run is not the study."""
         import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         if self.params.is_demo:
             # Below everything already drawn (rotated tick labels included), so the label never covers the data.
-            bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
+            # Figures made without pyplot have a bare canvas with no renderer: lay them out on an Agg one.
+            canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+            bottom = fig.get_tightbbox(canvas.get_renderer()).y0 / fig.get_figheight()
             fig.text(0.5, bottom - 0.01, self.params.label, ha="center", va="top", fontsize=7, color="firebrick")
         base = self.figures_dir / name
         base.parent.mkdir(parents=True, exist_ok=True)
