@@ -12,7 +12,8 @@ and shards (unit i of every n) merge into the very same bytes as one unsplit run
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,11 @@ def code_digest() -> str:
     return digests.code_digest(_CODE_MODULES)
 
 
+def repeated(values: Iterable[str]) -> list[str]:
+    """Values occurring more than once, sorted (linear time: cohorts hold tens of thousands of ids)."""
+    return sorted(value for value, n in Counter(values).items() if n > 1)
+
+
 def make_plan(
     source: FeatureSource,
     cohort: str,
@@ -116,8 +122,7 @@ def make_plan(
 ) -> Plan:
     if not images:
         raise ExtractionError(f"cohort {cohort!r}: no images to extract")
-    ids = [item.image_id for item in images]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = repeated(item.image_id for item in images)
     if duplicates:
         raise ExtractionError(f"cohort {cohort!r}: duplicate image ids {duplicates[:10]}")
     if chunk_size < 1:

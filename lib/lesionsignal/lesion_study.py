@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from lesionsignal import extract
 from lesionsignal.arrays import load_arrays, save_arrays
-from lesionsignal.extract import ImageItem, code_digest, load_canvases
+from lesionsignal.extract import ImageItem, code_digest, load_canvases, repeated
 from lesionsignal.features import EncoderFeatures, FeatureSource, stable_digest
 from lesionsignal.geometry import BoxOutsideCrop
 from lesionsignal.lesions import (
@@ -257,10 +257,9 @@ def make_lesion_plan(
         raise LesionStudyError(f"cohort {cohort!r}: no images to extract")
     if len(boxes) != len(items):
         raise LesionStudyError(f"cohort {cohort!r}: {len(boxes)} box lists for {len(items)} images")
-    ids = [item.image_id for item in items]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise LesionStudyError(f"cohort {cohort!r}: duplicate image ids {repeated[:10]}")
+    duplicates = repeated(item.image_id for item in items)
+    if duplicates:
+        raise LesionStudyError(f"cohort {cohort!r}: duplicate image ids {duplicates[:10]}")
     if chunk_size < 1:
         raise LesionStudyError(f"chunk_size must be positive, got {chunk_size}")
     code = code_digest()

@@ -15,18 +15,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-DEFAULT_PANEL = (
-    "C1",
-    "C2",
-    "L4",
-    "L8",
-    "S4",
-    "S8",
-    "iso_blur_4",
-    "iso_blur_8",
-    "reticular_fine_32",
-    "ground_glass_64",
-)
+from lesionsignal.params import SfdiParams
+
+DEFAULT_PANEL = SfdiParams().panel  # defined once, with the parameters that can override it
 CHANCE = 0.5
 MEAN_LABEL = "mean"  # the dataset value of the mean-over-datasets rows
 TABLE_INPUT = ("perturbation", "auc")
