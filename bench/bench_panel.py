@@ -23,7 +23,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lesionsignal import perturb
+from lesionsignal.core.box import Box
+from lesionsignal.stimuli import inject as ij
+from lesionsignal.stimuli import panel as pn
+from lesionsignal.stimuli import placement as pl
 
 BLUR_CASES = (
     "iso_blur_4",
@@ -45,12 +48,12 @@ def synthetic_canvas(size: int, seed: int) -> np.ndarray:
 
 def time_panel(canvases: list[np.ndarray], basenames: list[str]) -> dict:
     per_condition: dict[str, float] = defaultdict(float)
-    conditions = perturb.panel()
+    conditions = pn.panel()
     start = time.perf_counter()
     for canvas, basename in zip(canvases, basenames, strict=True):
         for c in conditions:
             t0 = time.perf_counter()
-            perturb.apply(canvas, c, basename)
+            ij.apply(canvas, c, basename)
             per_condition[c.name] += time.perf_counter() - t0
     total = time.perf_counter() - start
     per_family: dict[str, float] = defaultdict(float)
@@ -71,11 +74,9 @@ def time_panel(canvases: list[np.ndarray], basenames: list[str]) -> dict:
     }
 
 
-def whole_then_paste(canvas: np.ndarray, c: perturb.Condition, box: perturb.Box) -> np.ndarray:
-    if c.family is perturb.Family.ISO_BLUR:
-        blurred = perturb.iso_blur_image(canvas, c)
-    else:
-        blurred = perturb.directional_blur_image(canvas, c)
+def whole_then_paste(canvas: np.ndarray, c: pn.Condition, box: Box) -> np.ndarray:
+    blur = ij.iso_blur_image if c.family is pn.Family.ISO_BLUR else ij.directional_blur_image
+    blurred = blur(canvas, c)
     out = canvas.copy()
     out[box.slices()] = blurred[box.slices()]
     return out
@@ -94,9 +95,9 @@ def best_of(fn, repeats: int) -> float:
 def time_blur_routes(canvas: np.ndarray, basename: str, repeats: int) -> dict:
     results = {}
     for name in BLUR_CASES:
-        c = perturb.get_condition(name)
-        box = perturb.patch_box(basename, c.patch, canvas.shape[0])
-        patch_s = best_of(lambda c=c: perturb.apply(canvas, c, basename), repeats)
+        c = pn.get_condition(name)
+        box = pl.patch_box(basename, c.patch, canvas.shape[0])
+        patch_s = best_of(lambda c=c: ij.apply(canvas, c, basename), repeats)
         whole_s = best_of(lambda c=c, box=box: whole_then_paste(canvas, c, box), repeats)
         results[name] = {
             "patch_only_ms": 1e3 * patch_s,
@@ -131,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     canvases = [synthetic_canvas(args.size, seed) for seed in range(args.images)]
     basenames = [f"bench_{i:05d}.png" for i in range(args.images)]
-    perturb.apply(canvases[0], "C1", basenames[0])  # first call pays imports and OpenCV set-up
+    ij.apply(canvases[0], "C1", basenames[0])  # first call pays imports and OpenCV set-up
     report = {
         "benchmark": "perturbation panel",
         "canvas_size": args.size,
         "images": args.images,
-        "conditions": len(perturb.condition_names()),
+        "conditions": len(pn.condition_names()),
         **time_panel(canvases, basenames),
         "patch_vs_whole_blur": time_blur_routes(canvases[0], basenames[0], args.repeats),
         "machine": machine_info(),

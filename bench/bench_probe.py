@@ -2,7 +2,7 @@
 
     python bench/bench_probe.py --out bench/results/probe.json [--rows 16000 --dim 768] [--quick] [--device cuda]
 
-Both solvers run the whole SPEC section 4 protocol (4 C values x 5 grouped folds + refit, threshold on
+Both solvers run the whole protocol section 4 protocol (4 C values x 5 grouped folds + refit, threshold on
 out-of-fold scores) on identical data and folds; the JSON holds both wall times, their ratio, the largest
 |AUC difference| seen in the same run (test AUC and every C's CV AUC), and the machine it ran on.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import sklearn
 import torch
 
-from lesionsignal.probe import Precision, ProbeConfig, ProbeResult, Solver, fit_probe
+from lesionsignal.analysis.probe import Precision, ProbeConfig, ProbeResult, Solver, fit_probe
 
 
 def paired_embeddings(n_rows: int, dim: int, signal: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,8 +18,9 @@ params_file = "params/demo.yaml"
 # # 01 · The controlled-stimulus panel on real radiographs
 #
 # The study injects one small perturbation per image into the 1024 x 1024 canvas and asks whether a frozen
-# encoder still carries it. This section shows every condition of the panel (SPEC section 2) on real chest films
-# shipped in registry packages: an adult PA computed radiograph (pydicom-data) and paediatric films (Kermany et al.).
+# encoder still carries it. This section shows every condition of the panel (docs/PROTOCOL.md, section 2) on real
+# chest films shipped in registry packages: an adult PA computed radiograph (pydicom-data) and paediatric films
+# (Kermany et al.).
 # For each condition: the whole film with the crop window, the clean crop, the perturbed crop with the patch box,
 # and the difference map. The table lists every condition with its patch size, its area ratio against the
 # 1024 x 1024 canvas, and its parameters.
@@ -31,23 +32,23 @@ params_file = "params/demo.yaml"
 # %%
 from pathlib import Path
 
-from lesionsignal.canvas import load_canvas
-from lesionsignal.gallery import differences_table, make_panel, plot_gallery
-from lesionsignal.outputs import Outputs
-from lesionsignal.params import load_params, resolve
-from lesionsignal.perturb import Family, conditions_table, panel
-from lesionsignal.registry_data import real_films
+from lesionsignal.core.canvas import load_canvas
+from lesionsignal.data.registry import real_films
+from lesionsignal.pipeline.stage import open_run
+from lesionsignal.stimuli.gallery import differences_table, make_panel, plot_gallery
+from lesionsignal.stimuli.panel import Family, conditions_table, panel
 
-params = load_params(params_file)
-outputs = Outputs(params, notebook="01_perturbation_gallery")
-print(params.label)
+run = open_run(params_file)
+params = run.params
+outputs = run.catalog.outputs("01_perturbation_gallery")
+print(params.label.text)
 
 # %% [markdown]
 # ## The films
 # The real radiographs come from `make data` (checksummed registry packages; provenance in the data cache).
 
 # %%
-films = {film.film_id: film for film in real_films(resolve(params, params.paths.data_cache))}
+films = {film.film_id: film for film in real_films(run.catalog.data_cache)}
 missing = [f for f in params.gallery.films if f not in films]
 if missing:
     raise KeyError(f"{params.source}: gallery.films names unknown films {missing}; known: {sorted(films)}")
@@ -118,12 +119,15 @@ print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
 # %%
 from IPython.display import display
 
-from lesionsignal.cohort_figures import lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
-from lesionsignal.cohorts import box_size_summary, describe
-from lesionsignal.study import read_cohort
+from lesionsignal.data.summary import box_size_summary, describe
+from lesionsignal.paper.cohort_figures import lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
+from lesionsignal.pipeline import cohorts
+from lesionsignal.pipeline.stage import StageName
+from lesionsignal.pipeline.stages import ensure
 
+ensure(run, StageName.COHORTS)
 for cohort in params.cohorts:
-    manifest = read_cohort(params, cohort)
+    manifest = cohorts.manifest(run, cohort.name)
     counts = describe(manifest)
     outputs.table(
         counts, f"01_cohort_{cohort.name}_counts", f"Cohort {cohort.name}: images, patients and labels per split"

@@ -17,7 +17,7 @@ params_file = "params/demo.yaml"
 # %% [markdown]
 # # 03 · Probe matrices: where a frozen encoder keeps, or loses, each controlled stimulus
 #
-# For every cohort, feature source and condition of the run, a linear probe (SPEC section 4) tries to tell each
+# For every cohort, feature source and condition of the run, a linear probe (docs/PROTOCOL.md, section 4) tells each
 # clean image from its perturbed twin, once per pool of the SAME forward pass: the global token (CLS, or the
 # model's own pooling head), the mean of all patch tokens, and the mean of the patch tokens over the perturbed
 # region (patch-local). The raw-pixel baselines (64 x 64 image, 32 x 32 window at the patch) and a CNN fine-tuned
@@ -35,88 +35,70 @@ params_file = "params/demo.yaml"
 # | T8 | raw-pixel baselines |
 # | T9 | clean-vs-perturbed disease protocol: delta AUC with paired bootstrap CI, BH-FDR per model |
 #
-# Inputs are notebook 02's caches (embeddings and validated manifests): what they hold is only read, never
+# Inputs are the outputs of sections 01 and 02 (validated manifests, embedding files): only read, never
 # re-encoded. Probe results are cached by content (embedding bytes, splits, probe settings, probe code), so a
 # second run only reads them. Conditions that the parameters do not include are reported as absent, never filled in.
 
 # %%
-import time
-
-import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from lesionsignal import panel_tables as pt
-from lesionsignal.arrays import load_arrays
-from lesionsignal.detection import file_cells, one_thread, probe_config, run_files_cached, write_frame
-from lesionsignal.disease import T9_CONDITIONS, run_disease
-from lesionsignal.features import RawPixels
-from lesionsignal.finetune import FinetuneConfig, default_cells, run_finetune, study_config
-from lesionsignal.outputs import Outputs
-from lesionsignal.params import Analysis, load_params, resolve
-from lesionsignal.study import (
-    conditions,
-    detection_items,
-    device_for,
-    embeddings_path,
-    encoder_source,
-    extract_cohort,
-    placement,
-    read_cohort,
-    source_ids,
-    splits_of,
-)
+from lesionsignal.config.params import Analysis
+from lesionsignal.core.kinds import FINETUNED_POOLS, RAW_POOLS
+from lesionsignal.paper import panel_tables as pt
+from lesionsignal.paper.figures import plot_directional_curves, plot_heatmap
+from lesionsignal.paper.registry import GEOMETRIC, PANEL_TABLES, POOLING_SLICE, TABLES
+from lesionsignal.pipeline import probes
+from lesionsignal.pipeline.embeddings import conditions
+from lesionsignal.pipeline.stage import StageName, open_run, output
+from lesionsignal.pipeline.stages import ensure
 
-params = load_params(params_file)
-outputs = Outputs(params, notebook="03_probe_matrices")
-work = resolve(params, params.paths.work)
-timings: list[dict[str, object]] = []
-print(params.label)
-if params.is_demo:
+run = open_run(params_file)
+params = run.params
+outputs = run.catalog.outputs("03_probe_matrices")
+print(params.label.text)
+if not params.run.comparable_with_paper:
     print(
         f"\nThese are {params.run.value.upper()} results: a rendered cohort and random-init demo encoders. They "
         "exercise the pipeline and are NOT comparable with the paper; no reported-vs-reproduced table is made."
     )
 
 # %% [markdown]
-# ## Inputs: notebook 02's caches
-# The validated manifest of each panel cohort and one embedding file per (source, cohort, condition). When section
-# 02 has not run, the missing files are extracted now by its own cached pipeline; files present are only read.
+# ## Inputs: the embeddings and the probes
+# The probes stage reads section 02's embedding files and section 01's manifests (only reads them). Every probe
+# is cached by content, so a second run only reads the results; when an upstream stage has not run for these
+# parameters, it runs first, through the same code its own section runs.
 
 # %%
-chosen = conditions(params)
-present = [c.name for c in chosen]
-panel_cohorts = params.cohorts_for(Analysis.PANEL)
-sources = source_ids(params)
-manifests = {c.name: read_cohort(params, c, progress=False) for c in panel_cohorts}
-splits = {name: splits_of(m) for name, m in manifests.items()}
-paths = {
-    (s, c.name, k): embeddings_path(params, s, c.name, k)
-    for s in sources
-    for c in panel_cohorts
-    for k in [*present, "clean"]
-}
-missing = sorted({source for (source, _, _), path in paths.items() if not path.is_file()})
-if missing:
-    print(f"embeddings of {missing} are not in section 02's cache: extracting them now with its cached pipeline")
-    started = time.perf_counter()
-    device = device_for(params)
-    feature_sources = [RawPixels()] if RawPixels().source_id in missing else []
-    feature_sources += [encoder_source(e, device) for e in params.encoders if e.id in missing]
-    for cohort in panel_cohorts:
-        extract_cohort(params, feature_sources, cohort, manifests[cohort.name], chosen, progress=False)
-    timings.append({"step": "extraction (section 02 cache missing)", "seconds": time.perf_counter() - started})
-print(f"cohorts: {list(manifests)}; sources: {sources}; {len(present)} conditions: {', '.join(present)}")
+ensure(run, StageName.PROBES)
+present = [c.name for c in conditions(params)]
+results = output(run, StageName.PROBES, probes.DETECTION)
+print(f"{len(results)} probes; {len(present)} conditions: {', '.join(present)}")
 
 # %% [markdown]
 # ## Which conditions each table has in this run
 # A table is made from the conditions the parameters include; its absent conditions are listed here and left out.
 
 # %%
-wanted = [*pt.PANEL_TABLES, pt.TableConditions("T9 clean-vs-perturbed disease", T9_CONDITIONS)]
-coverage = pt.coverage(wanted, present)
+coverage = pt.coverage([*PANEL_TABLES, TABLES["T9"]], present)
 outputs.table(coverage, "03_coverage", "Conditions each table wants, has, and lacks in this run")
 coverage
+
+# %% [markdown]
+# ## The fine-tuned CNN pixel-signal ceiling
+# A CNN trained end to end on clean vs perturbed images of the same detection set and split: the whole canvas
+# downsampled (T3) and a window at the known patch (T4). In the study it is torchvision's ResNet-50 from ImageNet
+# weights at 224 px; on demo and smoke runs a small CNN trained from scratch on CPU (lesionsignal.analysis.finetune).
+
+# %%
+finetuned = output(run, StageName.PROBES, probes.FINETUNE)
+if not params.probe.finetuned_cnn:
+    print("probe.finetuned_cnn is false in the parameters: the fine-tuned CNN ceiling is not run.")
+elif finetuned.empty:
+    print("none of the fine-tuned CNN's conditions (geometric, iso blur) is in this run's panel")
+else:
+    outputs.table(finetuned, "03_finetuned_cnn", "Fine-tuned CNN pixel-signal ceiling: AUC per condition and view")
+    display(finetuned)
 
 # %% [markdown]
 # ## Every detection probe, fitted once
@@ -124,86 +106,10 @@ coverage
 # source gives two baselines (raw-global, raw-oracle), each reported as a model of its own.
 
 # %%
-started = time.perf_counter()
-config = probe_config(params.probe)
-files = []
-for source in sources:
-    for cohort in panel_cohorts:
-        for name in present:
-            path = paths[(source, cohort.name, name)]
-            with np.load(path, allow_pickle=False) as archive:
-                names = archive.files
-            files.append((path, file_cells(source, cohort.name, name, names)))
-run = run_files_cached(
-    files, splits, config, params.probe.n_boot, work / "probes" / "detection", workers=params.probe.workers
-)
-results = run.results
-timings.append(
-    {
-        "step": "detection probes",
-        "seconds": time.perf_counter() - started,
-        "probed": run.files_probed,
-        "reused": run.files_reused,
-        "probes": len(results),
-    }
-)
-print(f"{len(results)} probes from {len(files)} files ({run.files_probed} probed now, {run.files_reused} cached)")
-
-# %% [markdown]
-# ## The fine-tuned CNN pixel-signal ceiling
-# A CNN trained end to end on clean vs perturbed images of the same detection set and split: the whole canvas
-# downsampled (T3) and a window at the known patch (T4). In the study it is torchvision's ResNet-50 from ImageNet
-# weights at 224 px; on demo and smoke runs a small CNN trained from scratch on CPU (lesionsignal.finetune).
-
-# %%
-finetuned = pd.DataFrame()
-if not params.probe.finetuned_cnn:
-    print("probe.finetuned_cnn is false in the parameters: the fine-tuned CNN ceiling is not run.")
-else:
-    started = time.perf_counter()
-    device = device_for(params)
-    if params.is_demo:
-        ft_config = FinetuneConfig(
-            epochs=params.probe.cnn_epochs, seed=params.probe.seed, n_boot=params.probe.n_boot, device=device
-        )
-    else:
-        ft_config = study_config(params.probe.cnn_epochs, params.probe.seed, params.probe.n_boot, device)
-    ft_cells = default_cells(chosen)
-    if not ft_cells:
-        print("none of the fine-tuned CNN's conditions (geometric, iso blur) is in this run's panel")
-    runs = []
-    for cohort in panel_cohorts if ft_cells else []:
-        items = detection_items(manifests[cohort.name], cohort)
-        ft_run = run_finetune(
-            items,
-            splits[cohort.name],
-            cohort.name,
-            ft_cells,
-            placement(params),
-            ft_config,
-            work / "probes" / "finetune",
-            workers=params.probe.workers,
-        )
-        runs.append(ft_run.results)
-        timings.append(
-            {
-                "step": f"fine-tuned CNN {cohort.name}",
-                "seconds": ft_run.seconds,
-                "probed": ft_run.trained,
-                "reused": ft_run.reused,
-                "probes": len(ft_run.results),
-            }
-        )
-    if runs:
-        finetuned = pd.concat(runs, ignore_index=True)
-        outputs.table(finetuned, "03_finetuned_cnn", "Fine-tuned CNN pixel-signal ceiling: AUC per condition and view")
-        display(finetuned)
-        results = pd.concat([results, finetuned.drop(columns=["weights"])], ignore_index=True)
-
-write_frame(results, work / "probes" / params.digest() / "detection.csv")  # for later notebooks (SFDI, figures)
 outputs.table(
     results, "03_all_cells", "Every detection probe: AUC with 95 % CI and F1 per model, dataset, pool, condition"
 )
+results
 
 
 # %% [markdown]
@@ -224,7 +130,7 @@ def emit(frame: pd.DataFrame, name: str, caption: str) -> None:
 
 emit(pt.t3_geometric(results), "03_T3_geometric_cls", "T3: geometric patterns, CLS probe AUC (fine-tuned CNN ceiling)")
 emit(
-    pt.long_slice(results, pt.GEOMETRIC, ("cls", "finetuned")),
+    pt.long_slice(results, GEOMETRIC, ("cls", "finetuned")),
     "03_S2_geometric_cells",
     "S2: geometric patterns, every cell with its 95 % CI and F1",
 )
@@ -234,7 +140,7 @@ sweep = pt.directional_sweep(results)
 emit(sweep, "03_S3_directional_sweep", "S3: directional blur, every (direction, L, P) cell, CLS probe AUC with CI")
 emit(pt.t6_pathology(results), "03_T6_pathology", "T6: reticular and ground-glass patterns, CLS probe AUC")
 emit(
-    pt.pooling_comparison(results, pt.POOLING_SLICE),
+    pt.pooling_comparison(results, POOLING_SLICE),
     "03_T7_pooling",
     "T7: CLS vs patch-mean vs patch-local AUC (representative conditions)",
 )
@@ -252,20 +158,20 @@ heatmaps = {
     "cls": ("cls",),
     "patch_mean": ("patch_mean",),
     "patch_local": ("patch_local",),
-    "baselines": (*pt.RAW_POOLS, *pt.FINETUNED_POOLS),
+    "baselines": (*RAW_POOLS, *FINETUNED_POOLS),
 }
 for name, pools in heatmaps.items():
     frame = pt.heatmap_frame(results, pools)
     if frame.empty:
         print(f"heatmap {name}: no results for pools {pools}")
         continue
-    fig = pt.plot_heatmap(frame, f"Detection AUC, pool: {name}")
+    fig = plot_heatmap(frame, f"Detection AUC, pool: {name}")
     outputs.figure(fig, f"03_heatmap_{name}", f"Detection AUC heatmap, model x condition, pool {name}")
 
 if sweep.empty:
     print("directional curves: no directional-blur condition in this run")
 else:
-    fig = pt.plot_directional_curves(sweep, "Directional blur: CLS AUC against patch side P")
+    fig = plot_directional_curves(sweep, "Directional blur: CLS AUC against patch side P")
     outputs.figure(fig, "03_directional_curves", "Directional blur: CLS probe AUC vs P per direction and L")
 
 # %% [markdown]
@@ -276,48 +182,21 @@ else:
 # p-values of each model's cells are adjusted together (Benjamini-Hochberg, FDR 0.05).
 
 # %%
-started = time.perf_counter()
-disease_cohorts = [c.name for c in params.cohorts_for(Analysis.DISEASE)]
-not_extracted = [name for name in disease_cohorts if name not in manifests]
+panel_cohorts = [c.name for c in params.cohorts_for(Analysis.PANEL)]
+not_extracted = [c.name for c in params.cohorts_for(Analysis.DISEASE) if c.name not in panel_cohorts]
 if not_extracted:
     print(f"disease cohorts without panel embeddings (not in the panel analysis), left out: {not_extracted}")
-t9_present = [c for c in T9_CONDITIONS if c in present]
-print(f"T9 conditions in this run: {len(t9_present)} of {len(T9_CONDITIONS)}: {', '.join(t9_present) or '-'}")
-
-
-def load_clean(model: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    arrays = load_arrays(paths[(model, dataset, "clean")], ("image_ids", "cls"))
-    return arrays["image_ids"], arrays["cls"]
-
-
-def load_perturbed(model: str, dataset: str, condition: str) -> tuple[np.ndarray, np.ndarray]:
-    arrays = load_arrays(paths[(model, dataset, condition)], ("image_ids", "perturbed_cls"))
-    return arrays["image_ids"], arrays["perturbed_cls"]
-
-
-# One thread, as in the worker processes of the detection probes: the numbers do not depend on the core count.
-with one_thread():
-    disease = run_disease(
-        [e.id for e in params.encoders],
-        {name: manifests[name] for name in disease_cohorts if name in manifests},
-        t9_present,
-        load_clean,
-        load_perturbed,
-        config,
-        params.probe.n_boot,
-        params.probe.alpha,
-        paired_n_boot=params.probe.paired_n_boot,
-    )
-timings.append({"step": "disease probes", "seconds": time.perf_counter() - started, "probes": len(disease.t2)})
-if not disease.skipped.empty:
+t9_present = [c for c in TABLES["T9"].conditions if c in present]
+print(f"T9 conditions in this run: {len(t9_present)} of {len(TABLES['T9'].conditions)}: {', '.join(t9_present) or '-'}")
+skipped = output(run, StageName.PROBES, probes.DISEASE_SKIPPED)
+if not skipped.empty:
     print("disease cells that could not be computed (too few cases in a split), left empty:")
-    emit(disease.skipped, "03_disease_skipped", "Disease cells not computed, with the reason")
-emit(
-    pt.t2_disease(disease.t2), "03_T2_disease", "T2: disease classification on clean CLS embeddings, AUC [95 % CI], F1"
-)
-emit(disease.t2, "03_T2_disease_cells", "T2 cells: AUC, CI, F1 (OOF threshold and optimistic), C, sizes")
-emit(disease.t9, "03_T9_cells", "T9 cells: delta AUC (perturbed - clean), paired bootstrap CI, p, BH q per model")
-t9 = pt.t9_summary(disease.t9, params.probe.alpha)
+    emit(skipped, "03_disease_skipped", "Disease cells not computed, with the reason")
+t2_cells, t9_cells = output(run, StageName.PROBES, probes.T2), output(run, StageName.PROBES, probes.T9)
+emit(pt.t2_disease(t2_cells), "03_T2_disease", "T2: disease classification on clean CLS embeddings, AUC [95 % CI], F1")
+emit(t2_cells, "03_T2_disease_cells", "T2 cells: AUC, CI, F1 (OOF threshold and optimistic), C, sizes")
+emit(t9_cells, "03_T9_cells", "T9 cells: delta AUC (perturbed - clean), paired bootstrap CI, p, BH q per model")
+t9 = pt.t9_summary(t9_cells, params.probe.alpha)
 emit(t9, "03_T9_significance", f"T9: cells significant at BH-FDR {params.probe.alpha:g} per model")
 
 # %% [markdown]
@@ -326,19 +205,19 @@ emit(t9, "03_T9_significance", f"T9: cells significant at BH-FDR {params.probe.a
 # are not comparable with the paper and get no such table.
 
 # %%
-if params.is_demo:
+if not params.run.comparable_with_paper:
     print(f"{params.run.value} run: results are demo results and are not comparable with the paper; skipped.")
 else:
-    reproduced = {"T2": disease.t2, "T9": t9}
-    for table in pt.REPORTED:
+    reproduced = {"T2": t2_cells, "T9": t9}
+    for table in ("T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"):
         frame = reproduced.get(table, results)
-        if pt.REPORTED[table].value not in frame.columns:
-            print(f"{table}: this run has no column {pt.REPORTED[table].value!r} (alpha differs from 0.05); skipped")
+        if TABLES[table].value not in frame.columns:
+            print(f"{table}: this run has no column {TABLES[table].value!r} (alpha differs from 0.05); skipped")
             continue
-        emit(
-            pt.reported_vs_reproduced(table, frame, params), f"03_{table}_vs_paper", f"{table}: reported vs reproduced"
-        )
+        side_by_side = pt.reported_vs_reproduced(table, frame, params.run)
+        emit(side_by_side, f"03_{table}_vs_paper", f"{table}: reported vs reproduced")
 
 # %%
-outputs.run_log(pd.DataFrame(timings), "03_probe_matrices_timing")
-pd.DataFrame(timings)
+timing = output(run, StageName.PROBES, probes.TIMING)
+outputs.run_log(timing, "03_probe_matrices_timing")
+timing

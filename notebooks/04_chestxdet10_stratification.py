@@ -18,7 +18,7 @@ params_file = "params/demo.yaml"
 # # 04 · Natural lesions: CLS, patch-mean and patch-local on boxed lesions, by lesion size
 #
 # The controlled stimuli of sections 02-03 are artificial; this section asks the same question of real lesions
-# with bounding boxes (SPEC section 7; ChestX-Det10 in the study, the rendered demo cohort's boxed lesions here).
+# with bounding boxes (docs/PROTOCOL.md, section 7; ChestX-Det10 in the study, the demo cohort's boxed lesions here).
 # For each lesion class (Calcification, Nodule, Mass):
 # - **image level**: a probe on CLS or patch-mean predicts "the image has a box of this class"; test positives are
 #   split into small and large at the median of their lesion area (S10);
@@ -33,32 +33,30 @@ params_file = "params/demo.yaml"
 # content (encoder, images and their box lists, code), so a re-run reads them back.
 
 # %%
-import time
 from pathlib import Path
 
-import pandas as pd
 from IPython.display import display
 
-from lesionsignal import lesion_study as ls
-from lesionsignal.detection import one_thread, probe_config
-from lesionsignal.lesions import Placement
-from lesionsignal.outputs import Outputs
-from lesionsignal.params import Analysis, load_params, resolve
-from lesionsignal.reference import compare
-from lesionsignal.study import device_for, encoder_source, read_cohort
+from lesionsignal.analysis.lesion_probes import FIT_COLUMNS, Level
+from lesionsignal.config.params import Analysis
+from lesionsignal.paper.figures import plot_pool_aucs, plot_stratum_gaps
+from lesionsignal.paper.reference import compare
+from lesionsignal.pipeline import lesions
+from lesionsignal.pipeline.embeddings import device_for
+from lesionsignal.pipeline.stage import StageName, open_run, output
+from lesionsignal.pipeline.stages import ensure
 
-params = load_params(params_file)
-params.check_files()
-outputs = Outputs(params, notebook="04_chestxdet10_stratification")
-device = device_for(params)
-config = probe_config(params.probe, device)
+run = open_run(params_file)
+params = run.params
+outputs = run.catalog.outputs("04_chestxdet10_stratification")
 cohorts = params.cohorts_for(Analysis.LESIONS)
-timings = []
-print(params.label)
-print(f"device {device}; lesion cohorts: {[c.name for c in cohorts]}; classes: {list(params.lesions.classes)}")
+print(params.label.text)
+print(f"device {device_for(params)}; lesion cohorts: {[c.name for c in cohorts]}")
+print(f"classes: {list(params.lesions.classes)}")
 print(f"negatives: {params.lesions.negatives_per_positive} per positive, placement {params.lesions.negative_placement}")
 if not cohorts:
     print("No cohort of this run is marked for the lesion analyses (uses: [lesions]); nothing to do.")
+ensure(run, StageName.LESIONS)
 
 # %% [markdown]
 # ## The design: rows decided from the manifest alone
@@ -66,24 +64,10 @@ if not cohorts:
 # median positive box area (the test split's median is where small and large part).
 
 # %%
-designs = {}
-for cohort in cohorts:
-    manifest = read_cohort(params, cohort)
-    designs[cohort.name] = ls.lesion_design(
-        manifest,
-        params.lesions.classes,
-        negatives_per_positive=params.lesions.negatives_per_positive,
-        placement=Placement(params.lesions.negative_placement),
-        seed=params.lesions.seed,
-        canvas_size=params.panel.canvas_size,
-    )
-if designs:
-    design_table = pd.concat(
-        [ls.design_summary(d).assign(cohort=name) for name, d in designs.items()], ignore_index=True
-    )
-    design_table = design_table[["cohort", *design_table.columns[:-1]]]
+design_table = output(run, StageName.LESIONS, lesions.DESIGN)
+if not design_table.empty:
     outputs.table(design_table, "04_design", "Lesion study design: images, boxes and size-matched negatives per class")
-    display(design_table)
+design_table
 
 # %% [markdown]
 # ## One forward pass per image, pooled at the design's boxes
@@ -92,33 +76,7 @@ if designs:
 # analysis, with the negatives drawn for it, and are listed below.
 
 # %%
-sources = [encoder_source(entry, device) for entry in params.encoders] if designs else []
-work = resolve(params, params.paths.work)
-features, chosen_by, exclusions = {}, {}, []
-for name, design in designs.items():
-    jobs = []
-    for source in sources:
-        chosen = ls.source_design(design, source)
-        chosen_by[(name, source.source_id)] = chosen
-        exclusions.append(chosen.exclusions.assign(cohort=name))
-        plan = ls.make_lesion_plan(
-            source, name, design.items, chosen.boxes, design.canvas_size, params.extraction.chunk_size
-        )
-        jobs.append((source, plan))
-    for extraction in ls.run_lesion_extraction(jobs, work, workers=params.extraction.workers):
-        features[(name, extraction.features.source_id)] = extraction.features
-        timings.append(
-            {
-                "step": "extraction",
-                "cohort": name,
-                "model": extraction.features.source_id,
-                "units": extraction.units_total,
-                "cache_hits": extraction.units_cached,
-                "images_encoded": extraction.images_encoded,
-                "seconds": round(extraction.seconds, 1),
-            }
-        )
-excluded = pd.concat(exclusions, ignore_index=True) if exclusions else pd.DataFrame()
+excluded = output(run, StageName.LESIONS, lesions.EXCLUDED)
 if not excluded.empty:
     outputs.table(excluded, "04_excluded_rows", "Box-level rows an encoder could not pool (box outside its crop)")
 print(f"{len(excluded)} box-level rows excluded by encoder crops")
@@ -130,26 +88,8 @@ print(f"{len(excluded)} box-level rows excluded by encoder crops")
 # of each size stratum against its negatives.
 
 # %%
-fits = {name: [] for name in designs}
-skipped = {name: [] for name in designs}
-# One thread, as in section 03: the numbers do not depend on the core count, and small probes run fastest so.
-with one_thread():
-    for (name, model), feats in features.items():
-        started = time.perf_counter()
-        found, missed = ls.study_source(
-            designs[name], chosen_by[(name, model)], feats, model=model, config=config, n_boot=params.probe.n_boot
-        )
-        fits[name] += found
-        skipped[name] += missed
-        seconds = round(time.perf_counter() - started, 1)
-        timings.append({"step": "probes", "cohort": name, "model": model, "seconds": seconds})
-frames = [ls.fits_frame(found).assign(cohort=name) for name, found in fits.items()]
-results = pd.concat(frames, ignore_index=True) if frames else ls.fits_frame([]).assign(cohort="")
-results = results[["cohort", *ls.FIT_COLUMNS]]
-skipped_table = pd.concat(
-    [ls.skipped_frame(missed).assign(cohort=name) for name, missed in skipped.items()] or [ls.skipped_frame([])],
-    ignore_index=True,
-)
+results = output(run, StageName.LESIONS, lesions.FITS)[["cohort", *FIT_COLUMNS]]
+skipped_table = output(run, StageName.LESIONS, lesions.SKIPPED)
 if not skipped_table.empty:
     outputs.table(skipped_table, "04_skipped", "Lesion-study probes that could not be fitted on this cohort, and why")
     display(skipped_table)
@@ -160,10 +100,10 @@ if not skipped_table.empty:
 
 # %%
 box_columns = ["cohort", "model", "lesion_class", "pool", "auc", "ci_low", "ci_high", "n_train", "n_test", "best_c"]
-box_level = results.loc[results["level"] == ls.Level.BOX.value, box_columns].reset_index(drop=True)
+box_level = results.loc[results["level"] == Level.BOX.value, box_columns].reset_index(drop=True)
 if not box_level.empty:
     outputs.table(box_level, "04_T10_box_level", "T10: box-level probe AUC per pool and lesion class (95 % CI)")
-    figure = ls.plot_pool_aucs(results, ls.Level.BOX, "Box level: AUC by pool and lesion class")
+    figure = plot_pool_aucs(results, Level.BOX, "Box level: AUC by pool and lesion class")
     outputs.figure(figure, "04_box_level_aucs", "Box-level AUC by pool, model and lesion class")
 box_level
 
@@ -173,12 +113,12 @@ box_level
 # %%
 strata_columns = ["auc_small", "auc_large", "gap", "n_small", "n_large", "strata_note"]
 image_level = results.loc[
-    results["level"] == ls.Level.IMAGE.value,
+    results["level"] == Level.IMAGE.value,
     ["cohort", "model", "lesion_class", "pool", "auc", "ci_low", "ci_high", *strata_columns, "n_test_positive"],
 ].reset_index(drop=True)
 if not image_level.empty:
     outputs.table(image_level, "04_S10_image_level", "S10: image-level AUC and size strata at the median lesion area")
-    figure = ls.plot_pool_aucs(results, ls.Level.IMAGE, "Image level: AUC by pool and lesion class")
+    figure = plot_pool_aucs(results, Level.IMAGE, "Image level: AUC by pool and lesion class")
     outputs.figure(figure, "04_image_level_aucs", "Image-level AUC by pool, model and lesion class")
 image_level
 
@@ -192,7 +132,7 @@ gaps = results.loc[:, ["cohort", "level", "model", "lesion_class", "pool", *stra
 if not gaps.empty:
     outputs.table(gaps, "04_T11_stratum_gaps", "T11: AUC of small and large lesions and their gap, per pool")
 if gaps["gap"].notna().any():
-    figure = ls.plot_stratum_gaps(results, "Stratum gap AUC(large) - AUC(small)")
+    figure = plot_stratum_gaps(results, "Stratum gap AUC(large) - AUC(small)")
     outputs.figure(figure, "04_stratum_gaps", "Stratum gaps per pool, level and lesion class")
 else:
     print("No class has both a small and a large test stratum on this run: no gap figure.")
@@ -204,20 +144,8 @@ gaps
 # cells of a cohort.
 
 # %%
-paired = []
-for name in designs:
-    started = time.perf_counter()
-    frame = ls.paired_tests(
-        fits[name],
-        n_boot=params.lesions.n_boot,
-        seed=params.lesions.seed,
-        alpha=params.probe.alpha,
-    )
-    paired.append(frame.assign(cohort=name))
-    timings.append({"step": "paired bootstrap", "cohort": name, "seconds": round(time.perf_counter() - started, 1)})
-paired = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
+paired = output(run, StageName.LESIONS, lesions.PAIRED)
 if not paired.empty:
-    paired = paired[["cohort", *paired.columns[:-1]]]
     caption = f"S11: patch-local minus CLS AUC, paired bootstrap ({params.lesions.n_boot} resamples), BH q-values"
     outputs.table(paired, "04_S11_paired_local_vs_cls", caption)
 paired
@@ -227,16 +155,16 @@ paired
 # The paper's T10 values beside this run's; demo and smoke numbers are not comparable and are not set beside them.
 
 # %%
-if params.is_demo:
+if not params.run.comparable_with_paper:
     print(f"{params.run.value} run: no comparison with the paper's T10 (numbers not comparable).")
 elif not box_level.empty:
-    for name in designs:
+    for name in dict.fromkeys(box_level["cohort"]):
         side_by_side = compare(
-            box_level.loc[box_level["cohort"] == name], "T10", ("model", "lesion_class", "pool"), "auc", params
+            box_level.loc[box_level["cohort"] == name], "T10", ("model", "lesion_class", "pool"), "auc", params.run
         )
         outputs.table(side_by_side, f"04_T10_reported_vs_reproduced_{name}", f"T10 reported vs reproduced ({name})")
         display(side_by_side)
 
 # %%
-outputs.run_log(pd.DataFrame(timings), "04_lesion_timing")
+outputs.run_log(output(run, StageName.LESIONS, lesions.TIMING), "04_lesion_timing")
 print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")

@@ -17,44 +17,39 @@ params_file = "params/demo.yaml"
 # %% [markdown]
 # # 05 · SFDI: one number for how much small-feature signal each encoder keeps
 #
-# The Small-Feature Detectability Index (SPEC section 8) summarises a probe's detection AUCs over a panel of small
-# conditions: the geometric mean of each AUC clipped below at 0.5, so 0.5 means blind to the whole panel and 1.0
-# perfect. The paper reports it for the CLS probe (T12); here it is computed for CLS, patch-mean and patch-local,
-# per encoder and cohort, with the mean over cohorts. Beside it: each encoder's patch-local recovery, the mean
-# over the same panel of AUC(patch-local) - AUC(CLS), i.e. how much of the lost signal the tokens over the
-# perturbed region still hold.
+# The Small-Feature Detectability Index (docs/PROTOCOL.md, section 8) summarises a probe's detection AUCs over a
+# panel of small conditions: the geometric mean of each AUC clipped below at 0.5, so 0.5 means blind to the whole
+# panel and 1.0 perfect. The paper reports it for the CLS probe (T12); here it is computed for CLS, patch-mean and
+# patch-local, per encoder and cohort, with the mean over cohorts. Beside it: each encoder's patch-local
+# recovery, the mean over the same panel of AUC(patch-local) - AUC(CLS), i.e. how much of the lost signal the
+# tokens over the perturbed region still hold.
 #
 # The panel is `sfdi.panel` in the parameters (default: C1, C2, L4, L8, S4, S8, iso_blur_4, iso_blur_8,
 # reticular_fine_32, ground_glass_64). When the run did not extract all of them (the smoke parameters, for
 # example) the index is computed over those it has and every table and figure says so: it is then NOT the
-# paper's index. The AUCs are section 03's probes, read from its content-keyed cache (computed here, with the
-# same code and cache, when section 03 has not run).
+# paper's index. The AUCs are section 03's probes, read from the output of its stage.
 
 # %%
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from lesionsignal import sfdi
-from lesionsignal.outputs import Outputs
-from lesionsignal.params import Analysis, load_params, resolve
-from lesionsignal.reference import compare
-from lesionsignal.study import conditions, detection_probes, read_cohort
+from lesionsignal.analysis import sfdi
+from lesionsignal.paper.figures import plot_sfdi_recovery
+from lesionsignal.paper.reference import compare
+from lesionsignal.pipeline import probes
+from lesionsignal.pipeline.embeddings import conditions
+from lesionsignal.pipeline.stage import StageName, open_run, output
+from lesionsignal.pipeline.stages import ensure
 
-params = load_params(params_file)
-params.check_files()
-outputs = Outputs(params, notebook="05_sfdi")
-work = resolve(params, params.paths.work)
-chosen = conditions(params)
-present = [c.name for c in chosen]
+run = open_run(params_file)
+params = run.params
+outputs = run.catalog.outputs("05_sfdi")
+present = [c.name for c in conditions(params)]
 models = [e.id for e in params.encoders]
-panel_cohorts = params.cohorts_for(Analysis.PANEL)
 coverage = sfdi.panel_coverage(params.sfdi.panel, present)
-timings = []
-print(params.label)
+print(params.label.text)
 print(f"SFDI panel: {coverage.label}")
 
 # %% [markdown]
@@ -71,16 +66,15 @@ if not coverage.present:
 panel_table
 
 # %% [markdown]
-# ## Inputs: embeddings (section 02) and probe AUCs (section 03)
-# The embeddings are section 02's cache; any that are missing are extracted now by the same cached pipeline.
+# ## Inputs: the probe AUCs of section 03
+# Section 03's probes stage holds every detection probe; this section reads the encoders' rows over the panel's
+# conditions (running that stage first, through its own code, when it has not run for these parameters).
 
 # %%
-manifests = {c.name: read_cohort(params, c) for c in panel_cohorts}
-started = time.perf_counter()
-run = detection_probes(params, manifests, models, coverage.present)
-aucs = run.results
-timings.append({"step": "probe AUCs", "seconds": time.perf_counter() - started, "probed": run.files_probed})
-print(f"{len(aucs)} probe AUCs ({run.files_probed} files probed now, {run.files_reused} from the cache)")
+ensure(run, StageName.PROBES)
+results = output(run, StageName.PROBES, probes.DETECTION)
+aucs = results.loc[results["model"].isin(models) & results["perturbation"].isin(coverage.present)]
+print(f"{len(aucs)} probe AUCs of {len(models)} encoder(s) over {len(coverage.present)} panel condition(s)")
 
 # %% [markdown]
 # ## T12: SFDI per encoder, cohort and pool
@@ -109,7 +103,7 @@ if coverage.present:
     recovery["panel"] = f"{len(coverage.present)}/{len(coverage.wanted)}"
     outputs.table(recovery, "05_patch_local_recovery", f"Patch-local recovery over the {coverage.label}")
     means = table.loc[table["dataset"] == sfdi.MEAN_LABEL]
-    figure = sfdi.plot_sfdi_recovery(
+    figure = plot_sfdi_recovery(
         means, recovery.loc[recovery["dataset"] == sfdi.MEAN_LABEL], f"SFDI and patch-local recovery ({coverage.label})"
     )
     outputs.figure(figure, "05_sfdi_recovery", f"SFDI per pool beside patch-local recovery ({coverage.label})")
@@ -119,16 +113,15 @@ if coverage.present:
 # ## Reported vs reproduced (study runs with the full panel only)
 
 # %%
-if params.is_demo:
+if not params.run.comparable_with_paper:
     print(f"{params.run.value} run: not comparable with the paper's T12; no comparison made.")
 elif not coverage.complete:
     print(f"The index covers a {coverage.label}: not the paper's index, no comparison made.")
 else:
     reproduced = table.loc[table["pool"] == "cls", ["model", "dataset", "sfdi"]]
-    side_by_side = compare(reproduced, "T12", ("model", "dataset"), "sfdi", params)
+    side_by_side = compare(reproduced, "T12", ("model", "dataset"), "sfdi", params.run)
     outputs.table(side_by_side, "05_T12_reported_vs_reproduced", "T12 (CLS SFDI): reported vs reproduced")
     display(side_by_side)
 
 # %%
-outputs.run_log(pd.DataFrame(timings), "05_sfdi_timing")
 print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")

@@ -17,13 +17,16 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """params/smoke.yaml with every output path moved to one temporary folder for the whole session, so the
-    notebooks, executed in order, hand their caches on as under `make paper`; the data cache stays the project's."""
+    """params/smoke.yaml with the run's outputs (stage outputs, tables, figures, reports) in one temporary folder
+    for the whole test session, so the notebooks hand their stages on as under `make paper`. The data cache and the
+    content-addressed caches stay the project's: the prepared CT and the smoke cohort are made once and reused by
+    every notebook of the session (and by later sessions and `make paper`; their keys hold their code)."""
     tmp_path = tmp_path_factory.mktemp("smoke")
     data = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     for key in ("work", "figures", "tables", "reports"):
         data["paths"][key] = str(tmp_path / key)
-    data["paths"]["data_cache"] = str(ROOT / data["paths"]["data_cache"])
+    for key in ("data_cache", "cache"):
+        data["paths"][key] = str(ROOT / data["paths"][key])
     target = tmp_path / "smoke.yaml"
     target.write_text(yaml.safe_dump(data, sort_keys=False))
     return target

@@ -1,4 +1,4 @@
-"""Canvas loading (SPEC section 1): decode, gray, window, MONOCHROME1, symmetric pad, Lanczos-4, errors."""
+"""Canvas loading (protocol section 1): decode, gray, window, MONOCHROME1, symmetric pad, Lanczos-4, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from lesionsignal.canvas import (
+from lesionsignal.core.canvas import (
     CanvasError,
     CanvasWarning,
     Photometric,

@@ -9,8 +9,13 @@ import matplotlib
 matplotlib.use("Agg")
 import pytest
 
-from lesionsignal.cohort_figures import CHESTXDET10_COUNTS, lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
-from lesionsignal.cohorts import read_demo
+from lesionsignal.data.demo_cohort import read_demo
+from lesionsignal.paper.cohort_figures import (
+    CHESTXDET10_COUNTS,
+    lesion_counts_vs_chestxdet10,
+    plot_box_sizes,
+    plot_examples,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cohorts" / "demo"
 CLASSES = ("Calcification", "Nodule", "Mass")

@@ -1,4 +1,4 @@
-"""Cohort adapters on tiny fixtures in the real file formats (tests/fixtures/cohorts/)."""
+"""Cohort readers and summaries on tiny fixtures in the real file formats (tests/fixtures/cohorts/)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesionsignal.cohorts import (
-    CHESTXDET10_CLASSES,
-    NIH_CSV_COLUMNS,
-    InstitutionalColumns,
-    box_size_summary,
-    describe,
-    grouped_split,
-    make_mimic_subsample,
-    read_chestxdet10,
-    read_demo,
-    read_institutional,
-    read_mimic,
-    read_nih,
-    read_real_films,
-)
-from lesionsignal.manifest import DISEASES, LesionBox, Manifest, ManifestError, Record, Split, validate
+from lesionsignal.core.box import Box
+from lesionsignal.data.chestxdet10 import CHESTXDET10_CLASSES, read_chestxdet10
+from lesionsignal.data.demo_cohort import read_demo
+from lesionsignal.data.institutional import InstitutionalColumns, read_institutional
+from lesionsignal.data.manifest import DISEASES, LesionBox, Manifest, ManifestError, Record, Split
+from lesionsignal.data.mimic import make_mimic_subsample, read_mimic
+from lesionsignal.data.nih import grouped_split, read_nih
+from lesionsignal.data.real_films import read_real_films
+from lesionsignal.data.summary import box_size_summary, describe
+from lesionsignal.data.validation import validate
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cohorts"
 NIH = FIXTURES / "nih"
@@ -35,6 +29,19 @@ NIH_LISTS = (NIH / "train_val_list.txt", NIH / "test_list.txt")
 MIMIC = FIXTURES / "mimic"
 DET = FIXTURES / "chestxdet10"
 DET_DIRS = [DET / "train_data", DET / "test_data"]
+NIH_CSV_COLUMNS = (  # the full header of the real file; the reader needs only some of these columns
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",  # the header 'OriginalImage[Width,Height]' is two CSV columns
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
+)
 
 
 def _labels(manifest: Manifest) -> dict[str, tuple[int, ...]]:
@@ -356,7 +363,7 @@ def test_chestxdet10_labels_boxes_and_split() -> None:
     assert labels["00000042_006.png"] == (0, 0, 0)  # Fibrosis only
     assert labels["00000091_006.png"] == (0, 0, 0)  # no findings
     records = {r.image_id: r for r in det.records}
-    assert records["00000155_000.png"].boxes[0] == LesionBox("Mass", 200, 250, 320, 380)
+    assert records["00000155_000.png"].boxes[0] == LesionBox("Mass", Box(200, 250, 320, 380))
     assert records["00000091_005.png"].patient_id == records["00000091_006.png"].patient_id == "00000091"
     assert records["00000201_001.png"].split == "test"
     assert records["00000201_001.png"].path == DET / "test_data" / "00000201_001.png"
@@ -410,7 +417,7 @@ def test_demo_cohort() -> None:
         ("Nodule", 0),
         ("Mass", 1),
     )
-    assert records["demo_0000.png"].boxes == (LesionBox("Nodule", 400, 380, 412, 392),)
+    assert records["demo_0000.png"].boxes == (LesionBox("Nodule", Box(400, 380, 412, 392)),)
     assert records["demo_0001.png"].patient_id == "drr_p000"
     assert records["demo_0001.png"].path == FIXTURES / "demo" / "images" / "demo_0001.png"
     validate(demo, known_classes=set(CHESTXDET10_CLASSES), check_readable=True)

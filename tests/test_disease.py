@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lesionsignal.probe as probe_module
-from lesionsignal import disease as dz
-from lesionsignal.manifest import Manifest, Record
-from lesionsignal.panel_tables import t9_summary
-from lesionsignal.probe import ProbeConfig
+import lesionsignal.analysis.probe as probe_module
+from lesionsignal.analysis import disease as dz
+from lesionsignal.analysis.probe import ProbeConfig
+from lesionsignal.data.manifest import Manifest, Record
+from lesionsignal.paper.panel_tables import t9_summary
 
 CONFIG = ProbeConfig(c_grid=(0.1, 1.0), folds=3)
 N_IMAGES = 60  # 30 patients with 2 films each; the last 10 patients are the test split

@@ -9,47 +9,57 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
+from phantom import phantom_volumes, write_phantom_ct
 
-from lesionsignal import drr
-from lesionsignal.canvas import to_canvas
+from lesionsignal.core.canvas import to_canvas
+from lesionsignal.demo import prepare
+from lesionsignal.demo.ct import CtError, CtSource, load_ct, read_structures
+from lesionsignal.demo.edema import Edema
+from lesionsignal.demo.edits import RenderError
+from lesionsignal.demo.film import Exposure
+from lesionsignal.demo.lesions import Blob, Lesion, LesionKind
+from lesionsignal.demo.prep_params import PrepParams
+from lesionsignal.demo.prepare import PreparedCt, prepare_ct
+from lesionsignal.demo.projection import Pose, canvas_affine, warp_to_canvas
+from lesionsignal.demo.render import FilmSpec, render_film
 
 CANVAS = 256
-EXPOSURE = drr.Exposure(bone_contrast=2.0, compression=0.6, contrast=2.5, window=(1.0, 99.5), noise_seed=7)
+EXPOSURE = Exposure(bone_contrast=2.0, compression=0.6, contrast=2.5, window=(1.0, 99.5), noise_seed=7)
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> drr.CtSource:
-    return drr.write_phantom_ct(tmp_path_factory.mktemp("phantom"))
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> CtSource:
+    return write_phantom_ct(tmp_path_factory.mktemp("phantom"))
 
 
 @pytest.fixture(scope="module")
-def prepared(phantom: drr.CtSource, tmp_path_factory: pytest.TempPathFactory) -> drr.PreparedCt:
-    return drr.prepare_ct(phantom, drr.PrepParams(), tmp_path_factory.mktemp("prep"))
+def prepared(phantom: CtSource, tmp_path_factory: pytest.TempPathFactory) -> PreparedCt:
+    return prepare_ct(phantom, PrepParams(), tmp_path_factory.mktemp("prep"))
 
 
-def _spec(**changes) -> drr.FilmSpec:
-    return replace(drr.FilmSpec(canvas=CANVAS, exposure=EXPOSURE), **changes)
+def _spec(**changes) -> FilmSpec:
+    return replace(FilmSpec(canvas=CANVAS, exposure=EXPOSURE), **changes)
 
 
-def _deep_site(prepared: drr.PreparedCt, rank: float = 0.0) -> tuple[float, float, float]:
+def _deep_site(prepared: PreparedCt, rank: float = 0.0) -> tuple[float, float, float]:
     index = int(rank * (len(prepared.sites) - 1))
     return tuple(float(v) for v in np.unravel_index(int(prepared.sites[index]), prepared.geometry.shape))
 
 
-def _lesion(prepared: drr.PreparedCt, kind: drr.LesionKind, diameter_mm: float, hu: float, rank: float = 0.0):
+def _lesion(prepared: PreparedCt, kind: LesionKind, diameter_mm: float, hu: float, rank: float = 0.0):
     r = diameter_mm / 2
-    return drr.Lesion(kind, _deep_site(prepared, rank), (drr.Blob(radii_mm=(r, r, r)),), hu, 0.5)
+    return Lesion(kind, _deep_site(prepared, rank), (Blob(radii_mm=(r, r, r)),), hu, 0.5)
 
 
-def test_film_is_upright_with_the_heart_on_the_image_right(phantom: drr.CtSource, prepared: drr.PreparedCt) -> None:
+def test_film_is_upright_with_the_heart_on_the_image_right(phantom: CtSource, prepared: PreparedCt) -> None:
     # Ground truth from the stored file's affine: the heart is on the patient's left (-x in RAS) and inferior.
     mask = nib.load(str(phantom.mask))
     labels = np.asarray(mask.dataobj)
     heart = nib.affines.apply_affine(mask.affine, np.argwhere(labels == 51).mean(axis=0))
     lungs = nib.affines.apply_affine(mask.affine, np.argwhere(np.isin(labels, (10, 12))).mean(axis=0))
     assert heart[0] < lungs[0] and heart[2] < lungs[2]
-    normal = drr.render_film(prepared, _spec())
-    enlarged = drr.render_film(prepared, _spec(heart_scale=1.3))
+    normal = render_film(prepared, _spec())
+    enlarged = render_film(prepared, _spec(heart_scale=1.3))
     assert normal.image.shape == (CANVAS, CANVAS) and normal.image.dtype == np.uint8
     changed = np.argwhere(np.abs(enlarged.image.astype(int) - normal.image.astype(int)) > 20)
     row, col = changed.mean(axis=0)
@@ -57,13 +67,11 @@ def test_film_is_upright_with_the_heart_on_the_image_right(phantom: drr.CtSource
     assert row > CANVAS / 2  # superior is up
 
 
-def test_preparation_removes_contrast_table_and_the_source_nodule(
-    phantom: drr.CtSource, prepared: drr.PreparedCt
-) -> None:
-    raw_hu, raw_labels = drr.phantom_volumes()
+def test_preparation_removes_contrast_table_and_the_source_nodule(phantom: CtSource, prepared: PreparedCt) -> None:
+    raw_hu, raw_labels = phantom_volumes()
     heart = raw_labels == 51
     assert raw_hu[heart].min() == 300
-    assert int(np.asarray(prepared.hu)[heart].max()) <= drr.PrepParams().contrast_cap_hu
+    assert int(np.asarray(prepared.hu)[heart].max()) <= PrepParams().contrast_cap_hu
     table = raw_hu == 300
     table &= raw_labels == 0
     assert np.all(np.asarray(prepared.hu)[table] == -1000)
@@ -74,63 +82,62 @@ def test_preparation_removes_contrast_table_and_the_source_nodule(
     assert np.asarray(prepared.hu)[spine].min() == 700  # bone keeps its HU
 
 
-def test_prepared_ct_is_cached_by_checksum(
-    phantom: drr.CtSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_prepared_ct_is_cached_by_checksum(phantom: CtSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    original = drr._prepare
-    monkeypatch.setattr(drr, "_prepare", lambda *a: calls.append(a[2]) or original(*a))
-    first = drr.prepare_ct(phantom, drr.PrepParams(), tmp_path)
-    second = drr.prepare_ct(phantom, drr.PrepParams(), tmp_path)
+    original = prepare._prepare
+    monkeypatch.setattr(prepare, "_prepare", lambda *a: calls.append(a[2]) or original(*a))
+    first = prepare_ct(phantom, PrepParams(), tmp_path)
+    second = prepare_ct(phantom, PrepParams(), tmp_path)
     assert len(calls) == 1 and second.key == first.key
     np.testing.assert_array_equal(second.slabs, first.slabs)
-    drr.prepare_ct(phantom, drr.PrepParams(n_slabs=4), tmp_path)  # other parameters: another cache entry
+    prepare_ct(phantom, PrepParams(n_slabs=4), tmp_path)  # other parameters: another cache entry
     assert len(calls) == 2 and len(list(tmp_path.iterdir())) == 2
 
 
-def test_loader_reorients_any_stored_orientation(phantom: drr.CtSource, tmp_path: Path) -> None:
-    ct = drr.load_ct(phantom)
+def test_loader_reorients_any_stored_orientation(phantom: CtSource, tmp_path: Path) -> None:
+    ct = load_ct(phantom)
     image = nib.load(str(phantom.volume))
     ras = nib.as_closest_canonical(image)  # the same voxels stored R, A, S instead of L, A, S
     mask = nib.as_closest_canonical(nib.load(str(phantom.mask)))
-    other = drr.CtSource(tmp_path / "v.nii.gz", tmp_path / "m.nii.gz", phantom.structures)
+    other = CtSource(tmp_path / "v.nii.gz", tmp_path / "m.nii.gz", phantom.structures)
     nib.save(ras, str(other.volume))
     nib.save(mask, str(other.mask))
-    again = drr.load_ct(other)
+    again = load_ct(other)
     np.testing.assert_array_equal(again.hu, ct.hu)
     assert again.spacing == pytest.approx(ct.spacing)
 
 
-def test_bad_inputs_name_the_file(phantom: drr.CtSource, tmp_path: Path) -> None:
+def test_bad_inputs_name_the_file(phantom: CtSource, tmp_path: Path) -> None:
     table = tmp_path / "structures.csv"
     table.write_text("group,original_idx,structure,id\norgans,1,lung_upper_lobe_left,10\n")
-    with pytest.raises(drr.CtError, match=r"structures\.csv.*lung_right"):
-        drr.read_structures(table)
+    with pytest.raises(CtError, match=r"structures\.csv.*lung_right"):
+        read_structures(table)
     table.write_text("group,structure\norgans,heart\n")
-    with pytest.raises(drr.CtError, match="missing column"):
-        drr.read_structures(table)
+    with pytest.raises(CtError, match="missing column"):
+        read_structures(table)
     small = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(small))
-    with pytest.raises(drr.CtError, match=r"small\.nii\.gz.*does not match"):
-        drr.load_ct(drr.CtSource(phantom.volume, small, phantom.structures))
+    with pytest.raises(CtError, match=r"small\.nii\.gz.*does not match"):
+        load_ct(CtSource(phantom.volume, small, phantom.structures))
 
 
-def test_render_is_deterministic(prepared: drr.PreparedCt) -> None:
-    spec = _spec(lesions=(_lesion(prepared, drr.LesionKind.NODULE, 10.0, 40.0),), edema=drr.Edema())
-    a, b = drr.render_film(prepared, spec), drr.render_film(prepared, spec)
+def test_render_is_deterministic(prepared: PreparedCt) -> None:
+    spec = _spec(lesions=(_lesion(prepared, LesionKind.NODULE, 10.0, 40.0),), edema=Edema())
+    a, b = render_film(prepared, spec), render_film(prepared, spec)
     assert a.image.tobytes() == b.image.tobytes()
     assert a.boxes == b.boxes
-    c = drr.render_film(prepared, replace(spec, exposure=replace(EXPOSURE, noise_seed=8)))
+    c = render_film(prepared, replace(spec, exposure=replace(EXPOSURE, noise_seed=8)))
     assert c.image.tobytes() != a.image.tobytes()
 
 
-def test_lesion_box_sits_on_the_lesion(prepared: drr.PreparedCt) -> None:
-    lesion = _lesion(prepared, drr.LesionKind.NODULE, 12.0, 40.0)
-    pose = drr.Pose(rotation_deg=2.0, magnification=1.04, shift=(0.02, -0.01))
-    with_lesion = drr.render_film(prepared, _spec(lesions=(lesion,), pose=pose))
-    without = drr.render_film(prepared, _spec(pose=pose))
-    (box,) = with_lesion.boxes
-    assert box.label == "Nodule"
+def test_lesion_box_sits_on_the_lesion(prepared: PreparedCt) -> None:
+    lesion = _lesion(prepared, LesionKind.NODULE, 12.0, 40.0)
+    pose = Pose(rotation_deg=2.0, magnification=1.04, shift=(0.02, -0.01))
+    with_lesion = render_film(prepared, _spec(lesions=(lesion,), pose=pose))
+    without = render_film(prepared, _spec(pose=pose))
+    (lesion_box,) = with_lesion.boxes
+    assert lesion_box.label == "Nodule"
+    box = lesion_box.box
     assert 0 <= box.x1 < box.x2 <= CANVAS and 0 <= box.y1 < box.y2 <= CANVAS
     diff = np.abs(with_lesion.image.astype(int) - without.image.astype(int))
     inside = diff[box.y1 : box.y2, box.x1 : box.x2].mean()
@@ -143,29 +150,29 @@ def test_lesion_box_sits_on_the_lesion(prepared: drr.PreparedCt) -> None:
     assert with_lesion.image[region].mean() > without.image[region].mean() + 5
 
 
-def test_box_sizes_follow_lesion_sizes(prepared: drr.PreparedCt) -> None:
+def test_box_sizes_follow_lesion_sizes(prepared: PreparedCt) -> None:
     areas = {}
     for kind, diameter, hu in (
-        (drr.LesionKind.CALCIFICATION, 4.0, 800.0),
-        (drr.LesionKind.NODULE, 9.0, 40.0),
-        (drr.LesionKind.MASS, 18.0, 40.0),
+        (LesionKind.CALCIFICATION, 4.0, 800.0),
+        (LesionKind.NODULE, 9.0, 40.0),
+        (LesionKind.MASS, 18.0, 40.0),
     ):
-        film = drr.render_film(prepared, _spec(lesions=(_lesion(prepared, kind, diameter, hu),)))
-        areas[kind] = film.boxes[0].area
-    calcification, nodule, mass = (areas[k] for k in drr.LesionKind)
+        film = render_film(prepared, _spec(lesions=(_lesion(prepared, kind, diameter, hu),)))
+        areas[kind] = film.boxes[0].box.area
+    calcification, nodule, mass = (areas[k] for k in LesionKind)
     assert calcification < nodule < mass
 
 
-def test_heart_scale_drives_the_cardiothoracic_ratio(prepared: drr.PreparedCt) -> None:
-    ctr = [drr.render_film(prepared, _spec(heart_scale=s)).ctr for s in (0.85, 1.0, 1.3)]
+def test_heart_scale_drives_the_cardiothoracic_ratio(prepared: PreparedCt) -> None:
+    ctr = [render_film(prepared, _spec(heart_scale=s)).ctr for s in (0.85, 1.0, 1.3)]
     assert ctr[0] < ctr[1] < ctr[2]
     assert ctr[2] > 1.15 * ctr[1]
 
 
-def test_edema_raises_lung_density(prepared: drr.PreparedCt) -> None:
+def test_edema_raises_lung_density(prepared: PreparedCt) -> None:
     spec = _spec(exposure=replace(EXPOSURE, photons=1e7))
-    clear = drr.render_film(prepared, spec)
-    wet = drr.render_film(prepared, replace(spec, edema=drr.Edema(peak_hu=300.0)))
+    clear = render_film(prepared, spec)
+    wet = render_film(prepared, replace(spec, edema=Edema(peak_hu=300.0)))
     lungs = prepared.lung_any.any(axis=0).astype(np.float32)  # [z, x] on the projection grid
     frame = cv2.resize(lungs, (prepared.frame_shape[1], prepared.frame_shape[0]), interpolation=cv2.INTER_NEAREST)
     mask = to_canvas((frame * 255).astype(np.uint8), CANVAS) > 128
@@ -183,7 +190,7 @@ def test_canvas_map_is_the_canvas_rule() -> None:
     rows, cols = 71, 80  # not square and odd: the pad is exercised
     rng = np.random.default_rng(0)
     frame = np.rint(cv2.GaussianBlur(rng.uniform(0, 255, (rows, cols)).astype(np.float32), (0, 0), 1.0))
-    mapped = drr._to_canvas(frame, drr.canvas_affine((rows, cols), CANVAS, drr.Pose()), CANVAS, cv2.INTER_LANCZOS4)
+    mapped = warp_to_canvas(frame, canvas_affine((rows, cols), CANVAS, Pose()), CANVAS, cv2.INTER_LANCZOS4)
     reference = to_canvas(frame.astype(np.uint8), CANVAS).astype(np.float32)
     inner = (slice(24, -24), slice(8, -8))  # away from the pad edges, where the two differ only by clipping
     assert np.abs(mapped - reference)[inner].mean() < 0.6
@@ -191,7 +198,7 @@ def test_canvas_map_is_the_canvas_rule() -> None:
     assert np.abs(mapped[1:] - reference[:-1])[inner].mean() > 2.0
 
 
-def test_lesion_outside_lung_is_an_error(prepared: drr.PreparedCt) -> None:
-    outside = drr.Lesion(drr.LesionKind.NODULE, (2.0, 2.0, 2.0), (drr.Blob(radii_mm=(4, 4, 4)),), 40.0)
-    with pytest.raises(drr.RenderError, match="Nodule"):
-        drr.render_film(prepared, _spec(lesions=(outside,)))
+def test_lesion_outside_lung_is_an_error(prepared: PreparedCt) -> None:
+    outside = Lesion(LesionKind.NODULE, (2.0, 2.0, 2.0), (Blob(radii_mm=(4, 4, 4)),), 40.0)
+    with pytest.raises(RenderError, match="Nodule"):
+        render_film(prepared, _spec(lesions=(outside,)))

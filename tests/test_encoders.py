@@ -10,20 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from lesionsignal.encoders import (
+from lesionsignal.core.torch_compat import ensure_torchvision
+from lesionsignal.features.encoder import Encoder, load_encoder
+from lesionsignal.features.geometry import Geometry, GeometryMismatch
+from lesionsignal.features.registry import (
     DEMO_ENCODERS,
     RANDOM_INIT,
     STUDY_ENCODERS,
-    Encoder,
     EncoderKind,
     EncoderMismatch,
     EncoderSpec,
     UnknownEncoder,
-    load_encoder,
     resolve_spec,
 )
-from lesionsignal.geometry import Geometry, GeometryMismatch
-from lesionsignal.torch_compat import ensure_torchvision
 
 torch.set_num_threads(1)
 ensure_torchvision()
@@ -76,7 +75,7 @@ def loaded() -> dict[str, Encoder]:
 
 
 def test_study_registry_matches_spec_table() -> None:
-    table = {  # id: (source, input, grid, prefix tokens, dim) from SPEC section 3
+    table = {  # id: (source, input, grid, prefix tokens, dim) from protocol section 3
         "rad-dino": ("microsoft/rad-dino", 518, 37, 1, 768),
         "dinov2-b14": ("facebook/dinov2-base", 224, 16, 1, 768),
         "dinov3-vit7b16": ("facebook/dinov3-vit7b16-pretrain-lvd1689m", 224, 14, 5, 4096),

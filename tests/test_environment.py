@@ -38,7 +38,7 @@ def test_constraints_agree_with_requirements() -> None:
 
 
 def test_torchvision_imports_with_or_without_its_compiled_ops() -> None:
-    from lesionsignal.torch_compat import ensure_torchvision
+    from lesionsignal.core.torch_compat import ensure_torchvision
 
     ensure_torchvision()
     import torchvision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,22 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-from lesionsignal.extract import ImageItem, Placement
-from lesionsignal.finetune import (
+from lesionsignal.analysis.finetune import (
     Architecture,
     FinetuneConfig,
     Sample,
     View,
     build_views,
     default_cells,
+    finetune_store,
     model_name,
     oracle_view,
     resnet50_weights_file,
     run_finetune,
     train_and_score,
 )
-from lesionsignal.perturb import apply, get_condition, panel
-from lesionsignal.validate import FieldError
+from lesionsignal.core import digests
+from lesionsignal.core.validate import FieldError
+from lesionsignal.data.images import ImageItem
+from lesionsignal.stimuli.inject import apply
+from lesionsignal.stimuli.panel import get_condition, panel
+from lesionsignal.stimuli.placement import Placement
 
 SIZE = 256  # canvas side of the synthetic films (the perturbations place themselves on any square canvas)
 PLACEMENT = Placement(canvas_size=SIZE, margin=0.15, base_seed=42)
@@ -117,17 +122,25 @@ def test_config_and_names() -> None:
     ]
 
 
-def test_run_finetune_caches_by_content(tmp_path: Path) -> None:
+def _films(folder: Path) -> tuple[list[ImageItem], dict[str, str]]:
     items, splits = [], {}
     for i in range(16):
-        path = tmp_path / "films" / f"im{i:03d}.png"
+        path = folder / f"im{i:03d}.png"
         path.parent.mkdir(exist_ok=True)
         cv2.imwrite(str(path), film(100 + i))
         items.append(ImageItem(path.name, path))
         splits[path.name] = "train" if i < 12 else "test"
-    config = FinetuneConfig(whole_side=64, oracle_side=64, epochs=1, batch_size=8, n_boot=50)
+    return items, splits
+
+
+TINY = FinetuneConfig(whole_side=64, oracle_side=64, epochs=1, batch_size=8, n_boot=50)
+
+
+def test_run_finetune_caches_by_content(tmp_path: Path) -> None:
+    items, splits = _films(tmp_path / "films")
+    config = TINY
     cells = [(get_condition("S8"), View.ORACLE), (get_condition("C2"), View.WHOLE)]
-    cache = tmp_path / "cache"
+    cache = finetune_store(tmp_path / "cache")
     first = run_finetune(items, splits, "toy", cells, PLACEMENT, config, cache, workers=1)
     assert (first.trained, first.reused) == (2, 0)
     assert list(first.results["model"]) == ["small-cnn-oracle", "small-cnn-finetuned"]
@@ -162,3 +175,27 @@ def test_resnet50_path_runs_and_says_where_its_weights_came_from(tmp_path: Path)
     with pytest.warns(UserWarning, match="no local IMAGENET1K_V2 checkpoint"):
         result = train_and_score(views[("S8", View.ORACLE)], View.ORACLE, config)
     assert result.weights.startswith("random init") and result.test_scores.shape == (4,)
+
+
+def test_editing_any_module_the_cells_import_retrains_them_and_no_other(tmp_path: Path, monkeypatch) -> None:
+    """The cache key holds the source of every module the fine-tuned CNN imports, derived from its imports: the
+    statistics that give its AUC and CI among them. A module outside that closure changes nothing."""
+    package = tmp_path / "lesionsignal"
+    shutil.copytree(digests.PACKAGE_ROOT, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(digests, "PACKAGE_ROOT", package)
+    items, splits = _films(tmp_path / "films")
+    cells = [(get_condition("S8"), View.ORACLE)]
+
+    def trained() -> int:
+        store = finetune_store(tmp_path / "cache")
+        return run_finetune(items, splits, "toy", cells, PLACEMENT, TINY, store, workers=1).trained
+
+    assert trained() == 1 and trained() == 0
+    for unrelated in ("paper/figures.py", "features/encoder.py", "pipeline/lesions.py"):
+        with (package / unrelated).open("a") as handle:
+            handle.write("\n# an edit outside the closure\n")
+        assert trained() == 0, unrelated
+    for imported in ("analysis/stats.py", "analysis/probe.py", "stimuli/inject.py", "core/canvas.py"):
+        with (package / imported).open("a") as handle:
+            handle.write("\n# an edit inside the closure\n")
+        assert trained() == 1, imported

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lesionsignal.geometry import BoxOutsideCrop, Geometry, GeometryMismatch, InvalidBox
+from lesionsignal.core.box import InvalidBox
+from lesionsignal.features.geometry import BoxOutsideCrop, Geometry, GeometryMismatch
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DINOV2 = Geometry(256, 224, 14, *IMAGENET, "bicubic")  # dinov2-b14: scale 1/4, offset 16, grid 16

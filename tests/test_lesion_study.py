@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -12,28 +12,24 @@ import pandas as pd
 import pytest
 import torch
 
-from lesionsignal import separation, sfdi
-from lesionsignal.features import EncoderFeatures, RawPixels, oracle_window
-from lesionsignal.lesion_study import (
-    LesionDesign,
-    LesionFeatures,
-    LesionStudyError,
-    Level,
-    fit_problem,
-    fits_frame,
-    lesion_design,
-    lesion_unit_path,
-    make_lesion_plan,
-    paired_tests,
-    run_lesion_extraction,
-    source_design,
-    study_source,
-    visible_samples,
+from lesionsignal.analysis import separation, sfdi
+from lesionsignal.analysis.lesion_design import LesionDesign, lesion_design, source_design, visible_samples
+from lesionsignal.analysis.lesion_probes import Level, fit_problem, fits_frame, paired_tests, study_source
+from lesionsignal.analysis.lesions import BoxSample, NegativePlacement, box_level_strata
+from lesionsignal.analysis.probe import ProbeConfig
+from lesionsignal.core.box import Box, centred_window
+from lesionsignal.data.manifest import LesionBox, Manifest, Record
+from lesionsignal.features.encoder import load_encoder
+from lesionsignal.features.extraction import (
+    ExtractionError,
+    PooledFeatures,
+    box_plan,
+    read_features,
+    run_extraction,
+    unit_store,
 )
-from lesionsignal.lesions import BoxSample, Placement, box_level_strata
-from lesionsignal.manifest import LesionBox, Manifest, Record
-from lesionsignal.perturb import Box
-from lesionsignal.probe import ProbeConfig
+from lesionsignal.features.pools import EncoderFeatures, RawPixels
+from lesionsignal.paper.registry import UMAP_CONDITIONS
 
 CANVAS = 256
 CLASSES = ("Nodule", "Mass")
@@ -46,11 +42,11 @@ def _boxes(i: int) -> tuple[LesionBox, ...]:
     """Nodules on every third image, masses on five; image 0 also has a nodule box in the top-left corner."""
     boxes = []
     if i % 3 == 0:
-        boxes.append(LesionBox("Nodule", 40 + 4 * i, 60 + 3 * i, 52 + 5 * i, 70 + 4 * i))
+        boxes.append(LesionBox("Nodule", Box(40 + 4 * i, 60 + 3 * i, 52 + 5 * i, 70 + 4 * i)))
     if i in MASS_IMAGES:
-        boxes.append(LesionBox("Mass", 100, 90 + i, 150 + i, 140 + 2 * i))
+        boxes.append(LesionBox("Mass", Box(100, 90 + i, 150 + i, 140 + 2 * i)))
     if i == 0:
-        boxes.append(LesionBox("Nodule", 0, 0, 6, 6))
+        boxes.append(LesionBox("Nodule", Box(0, 0, 6, 6)))
     return tuple(boxes)
 
 
@@ -82,8 +78,6 @@ def design(manifest: Manifest) -> LesionDesign:
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> EncoderFeatures:
-    from lesionsignal.encoders import load_encoder
-
     torch.set_num_threads(1)
     return EncoderFeatures(load_encoder("demo-dinov2-vit", seed=0), batch_size=4, seed=0)
 
@@ -93,15 +87,27 @@ def _requested(design: LesionDesign, source) -> set[tuple[str, tuple[int, int, i
     return {(s.image_id, s.box.as_tuple()) for rows in chosen.samples.values() for s in rows}
 
 
-def _extracted(features: LesionFeatures) -> set[tuple[str, tuple[int, int, int, int]]]:
+def _extracted(features: PooledFeatures) -> set[tuple[str, tuple[int, int, int, int]]]:
     pairs = zip(features.box_image, features.boxes, strict=True)
     return {(str(features.image_ids[owner]), tuple(int(v) for v in box)) for owner, box in pairs}
 
 
+@dataclass
+class Extracted:
+    features: PooledFeatures
+    units_total: int
+    units_cached: int
+    images_encoded: int
+
+
 def _extract(design: LesionDesign, source, work: Path, chunk_size: int = 5, **kwargs):
+    """Box-plan extraction through the one engine, as the lesions stage runs it."""
     chosen = source_design(design, source)
-    plan = make_lesion_plan(source, design.cohort, design.items, chosen.boxes, CANVAS, chunk_size)
-    return plan, run_lesion_extraction([(source, plan)], work, progress=False, **kwargs)[0]
+    store = unit_store(work)
+    plan = box_plan(store, source, design.cohort, design.items, chosen.boxes, CANVAS, chunk_size)
+    (report,) = run_extraction([(source, plan)], store, progress=False, **kwargs)
+    features = read_features(source, plan.units, store)
+    return plan, Extracted(features, report.units_total, report.units_cached, report.images_encoded)
 
 
 # ------------------------------------------------------------------------------------------------ design
@@ -125,7 +131,7 @@ def test_design_is_decided_from_the_manifest_alone_and_deterministic(tmp_path: P
             assert s.box == source.box and s.split == source.split
             if s.label == 0:
                 assert not any(b.label == name for b in _boxes(int(s.image_id[4:6])))
-    uniform = lesion_design(manifest, CLASSES, canvas_size=CANVAS, seed=3, placement=Placement.UNIFORM)
+    uniform = lesion_design(manifest, CLASSES, canvas_size=CANVAS, seed=3, placement=NegativePlacement.UNIFORM)
     moved = [s for s in uniform.samples["Mass"] if s.label == 0]
     assert any(s.box != uniform.samples["Mass"][s.source_box].box for s in moved)
     assert all(s.box.width == uniform.samples["Mass"][s.source_box].box.width for s in moved)
@@ -179,14 +185,14 @@ def test_raw_pixels_pool_at_exactly_the_design_boxes(tmp_path: Path, design: Les
         small = cv2.resize(canvas, (64, 64), interpolation=cv2.INTER_AREA).reshape(-1) / np.float32(255)
         np.testing.assert_array_equal(features.global_matrix("raw_global", [item.image_id])[0], small)
     rows = [s for name in CLASSES for s in design.samples[name]]
-    local = features.local_matrix(rows)
+    local = features.local_matrix([(s.image_id, s.box) for s in rows])
     paths = {item.image_id: item.path for item in design.items}
     for sample, vector in zip(rows, local, strict=True):
         canvas = cv2.imread(str(paths[sample.image_id]), cv2.IMREAD_UNCHANGED)
-        expected = canvas[oracle_window(sample.box, 32, CANVAS)].reshape(-1) / np.float32(255)
+        expected = canvas[centred_window(sample.box, 32, CANVAS)].reshape(-1) / np.float32(255)
         np.testing.assert_array_equal(vector, expected)
-    with pytest.raises(LesionStudyError, match="was not extracted"):
-        features.local_matrix([replace(rows[0], box=Box(1, 2, 3, 4))])
+    with pytest.raises(ExtractionError, match="was not extracted"):
+        features.local_matrix([(rows[0].image_id, Box(1, 2, 3, 4))])
 
 
 def test_encoder_pools_match_a_brute_force_pool(tmp_path: Path, design: LesionDesign, tiny_encoder) -> None:
@@ -210,7 +216,7 @@ def test_encoder_pools_match_a_brute_force_pool(tmp_path: Path, design: LesionDe
 def test_units_are_cached_resumed_and_byte_identical(tmp_path: Path, design: LesionDesign) -> None:
     source = RawPixels()
     plan, whole = _extract(design, source, tmp_path / "whole")
-    whole_bytes = [lesion_unit_path(tmp_path / "whole", plan, u).read_bytes() for u in plan.units]
+    whole_bytes = [unit_store(tmp_path / "whole").path(u.key).read_bytes() for u in plan.units]
     assert whole.units_cached == 0 and whole.images_encoded == N_IMAGES
 
     class Interrupt(Exception):
@@ -227,7 +233,7 @@ def test_units_are_cached_resumed_and_byte_identical(tmp_path: Path, design: Les
         _extract(design, source, tmp_path / "resumed", on_unit_done=stop_after_two)
     _, resumed = _extract(design, source, tmp_path / "resumed")
     assert resumed.units_cached == 2 and resumed.images_encoded == N_IMAGES - 10
-    assert [lesion_unit_path(tmp_path / "resumed", plan, u).read_bytes() for u in plan.units] == whole_bytes
+    assert [unit_store(tmp_path / "resumed").path(u.key).read_bytes() for u in plan.units] == whole_bytes
     _, again = _extract(design, source, tmp_path / "resumed")
     assert again.units_cached == again.units_total and again.images_encoded == 0
     np.testing.assert_array_equal(again.features.local, whole.features.local)
@@ -235,19 +241,20 @@ def test_units_are_cached_resumed_and_byte_identical(tmp_path: Path, design: Les
 
 def test_unit_keys_follow_the_box_lists(design: LesionDesign) -> None:
     source = RawPixels()
+    store = unit_store(Path("unused"))
     boxes = list(source_design(design, source).boxes)
-    plan = make_lesion_plan(source, "toy", design.items, boxes, CANVAS, chunk_size=5)
+    plan = box_plan(store, source, "toy", design.items, boxes, CANVAS, chunk_size=5)
     boxes[7] = (*boxes[7], Box(1, 1, 9, 9))
-    changed = make_lesion_plan(source, "toy", design.items, boxes, CANVAS, chunk_size=5)
+    changed = box_plan(store, source, "toy", design.items, boxes, CANVAS, chunk_size=5)
     assert [a.key == b.key for a, b in zip(plan.units, changed.units, strict=True)] == [True, False, True, True]
-    with pytest.raises(LesionStudyError, match="box lists"):
-        make_lesion_plan(source, "toy", design.items, boxes[:-1], CANVAS)
+    with pytest.raises(ExtractionError, match="box lists"):
+        box_plan(store, source, "toy", design.items, boxes[:-1], CANVAS)
 
 
 # ------------------------------------------------------------------------------------------------ probes
 
 
-def _features_with_signal(design: LesionDesign, signal: float = 6.0, seed: int = 0) -> LesionFeatures:
+def _features_with_signal(design: LesionDesign, signal: float = 6.0, seed: int = 0) -> PooledFeatures:
     """Noise globals; local vectors that carry the label in their first column (boxes of the design only)."""
     rng = np.random.default_rng(seed)
     ids = np.asarray([item.image_id for item in design.items])
@@ -259,7 +266,7 @@ def _features_with_signal(design: LesionDesign, signal: float = 6.0, seed: int =
     local = rng.normal(size=(len(keys), 5)).astype(np.float32)
     local[:, 0] += signal * np.asarray([labels[k] for k in keys], dtype=np.float32)
     position = {str(i): row for row, i in enumerate(ids)}
-    return LesionFeatures(
+    return PooledFeatures(
         source_id="toy",
         image_ids=ids,
         global_pools={"cls": rng.normal(size=(len(ids), 5)), "patch_mean": rng.normal(size=(len(ids), 5))},
@@ -353,9 +360,11 @@ def test_recovery_is_the_mean_local_minus_cls_gap_with_dataset_means() -> None:
 
 
 def test_umap_conditions_default_pair_and_absent_requests() -> None:
-    assert separation.umap_conditions((), ["C1", "S8", "ground_glass_64"]) == (("S8", "ground_glass_64"), ())
-    assert separation.umap_conditions((), ["C1", "C2"]) == (("C1",), ())
-    assert separation.umap_conditions(("C2", "L4"), ["C2"]) == (("C2",), ("L4",))
+    pair = ("S8", "ground_glass_64")
+    assert pair == UMAP_CONDITIONS
+    assert separation.umap_conditions((), ["C1", "S8", "ground_glass_64"], pair) == (pair, ())
+    assert separation.umap_conditions((), ["C1", "C2"], pair) == (("C1",), ())
+    assert separation.umap_conditions(("C2", "L4"), ["C2"], pair) == (("C2",), ("L4",))
 
 
 def test_separation_rows_and_their_rank_agreement_with_aucs() -> None:

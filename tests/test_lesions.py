@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesionsignal.lesions import (
+from lesionsignal.analysis.lesions import (
     BoxSample,
     LesionError,
     LesionImage,
-    Placement,
+    NegativePlacement,
     assign_strata,
     box_level_samples,
     box_level_strata,
@@ -20,7 +20,7 @@ from lesionsignal.lesions import (
     samples_frame,
     stratum_auc,
 )
-from lesionsignal.perturb import Box
+from lesionsignal.core.box import Box
 
 NODULE = "Nodule"
 MASS = "Mass"
@@ -197,23 +197,24 @@ def test_same_position_negatives_match_size_and_position() -> None:
 
 def test_uniform_negatives_keep_size_and_stay_in_the_canvas() -> None:
     images = random_images(1)
-    samples = box_level_samples(images, NODULE, placement=Placement.UNIFORM, negatives_per_positive=3, canvas=1024)
+    uniform = NegativePlacement.UNIFORM
+    samples = box_level_samples(images, NODULE, placement=uniform, negatives_per_positive=3, canvas=1024)
     check_structure(images, samples, 3)
     negatives = [s for s in samples if s.label == 0]
     moved = sum(s.box != samples[s.source_box].box for s in negatives)
     assert moved == len(negatives)  # a chance coincidence has probability ~1e-5 per box
     small_canvas = [LesionImage("a.png", "test", ((NODULE, Box(0, 0, 30, 20)),)), LesionImage("b.png", "test", ())]
-    for sample in box_level_samples(small_canvas, NODULE, placement=Placement.UNIFORM, canvas=32, seed=3):
+    for sample in box_level_samples(small_canvas, NODULE, placement=NegativePlacement.UNIFORM, canvas=32, seed=3):
         assert sample.box.x2 <= 32 and sample.box.y2 <= 32 and sample.box.area == 600
 
 
 def test_box_level_samples_deterministic_and_seeded() -> None:
     images = random_images(2)
-    first = box_level_samples(images, NODULE, placement=Placement.UNIFORM, seed=7)
-    assert first == box_level_samples(images, NODULE, placement=Placement.UNIFORM, seed=7)
-    assert first != box_level_samples(images, NODULE, placement=Placement.UNIFORM, seed=8)
+    first = box_level_samples(images, NODULE, placement=NegativePlacement.UNIFORM, seed=7)
+    assert first == box_level_samples(images, NODULE, placement=NegativePlacement.UNIFORM, seed=7)
+    assert first != box_level_samples(images, NODULE, placement=NegativePlacement.UNIFORM, seed=8)
     assert samples_frame(first).equals(
-        samples_frame(box_level_samples(images, NODULE, placement=Placement.UNIFORM, seed=7))
+        samples_frame(box_level_samples(images, NODULE, placement=NegativePlacement.UNIFORM, seed=7))
     )
 
 

@@ -10,19 +10,18 @@ import cv2
 import numpy as np
 import pytest
 
-from lesionsignal.manifest import (
+from lesionsignal.core.box import Box
+from lesionsignal.data.manifest import (
     BOXES_CSV,
     MANIFEST_CSV,
     MAX_SHOWN,
     META_JSON,
-    Exclusion,
     LesionBox,
     Manifest,
     ManifestError,
     Record,
-    validate,
-    write_exclusions,
 )
+from lesionsignal.data.validation import Exclusion, validate, write_exclusions
 
 LABELS = ("cardiomegaly", "edema", "lung_lesion")
 
@@ -49,9 +48,9 @@ def _record(folder: Path, image_id: str, patient: str, split: str, labels=(0, 0,
 def manifest(tmp_path: Path) -> Manifest:
     images = tmp_path / "images"
     records = (
-        _record(images, "a.png", "p1", "train", (1, 0, 1), boxes=(LesionBox("Nodule", 10, 20, 30, 44),)),
+        _record(images, "a.png", "p1", "train", (1, 0, 1), boxes=(LesionBox("Nodule", Box(10, 20, 30, 44)),)),
         _record(images, "b.png", "p1", "train", window=(1100.1, 3900.25)),
-        _record(images, "c.png", "p2", "test", (0, 1, 0), boxes=(LesionBox("Effusion", 0, 0, 1024, 1024),)),
+        _record(images, "c.png", "p2", "test", (0, 1, 0), boxes=(LesionBox("Effusion", Box(0, 0, 1024, 1024)),)),
         _record(images, "d.png", "p3", "test", (0, 0, 1), group="adult"),
     )
     return Manifest("unit", records, LABELS)
@@ -70,8 +69,8 @@ def _swap(manifest: Manifest, index: int, **changes) -> Manifest:
 
 
 def test_box_geometry_is_half_open() -> None:
-    box = LesionBox("Mass", 10, 20, 14, 28)
-    assert (box.width, box.height, box.area) == (4, 8, 32)
+    box = LesionBox("Mass", Box(10, 20, 14, 28))
+    assert (box.box.width, box.box.height, box.box.area) == (4, 8, 32)
 
 
 def test_record_label_lookup(manifest: Manifest) -> None:
@@ -141,7 +140,7 @@ def test_digest_tracks_content(manifest: Manifest) -> None:
     assert digest == manifest.with_records(manifest.records).digest()
     assert _swap(manifest, 3, labels=(("cardiomegaly", 1), ("edema", 0), ("lung_lesion", 1))).digest() != digest
     assert replace(manifest, cohort="other").digest() != digest
-    moved = _swap(manifest, 0, boxes=(LesionBox("Nodule", 11, 20, 30, 44),))
+    moved = _swap(manifest, 0, boxes=(LesionBox("Nodule", Box(11, 20, 30, 44)),))
     assert moved.digest() != digest
 
 
@@ -205,17 +204,18 @@ def test_unknown_split_is_named(manifest: Manifest) -> None:
 @pytest.mark.parametrize(
     ("box", "reason"),
     [
-        (LesionBox("Nodule", 1000, 10, 1030, 40), "lies outside the 1024 x 1024 canvas"),
-        (LesionBox("Nodule", -1, 10, 30, 40), "lies outside the 1024 x 1024 canvas"),
-        (LesionBox("Nodule", 10, 10, 10, 40), "is zero-area or inverted"),
-        (LesionBox("Nodule", 40, 10, 30, 40), "is zero-area or inverted"),
-        (LesionBox("Nodule", 10, 50, 30, 40), "is zero-area or inverted"),
+        (LesionBox("Nodule", Box(1000, 10, 1030, 40)), "lies outside the 1024 x 1024 canvas"),
+        (LesionBox("Nodule", Box(-1, 10, 30, 40)), "lies outside the 1024 x 1024 canvas"),
+        (LesionBox("Nodule", Box(10, 10, 10, 40)), "is zero-area or inverted"),
+        (LesionBox("Nodule", Box(40, 10, 30, 40)), "is zero-area or inverted"),
+        (LesionBox("Nodule", Box(10, 50, 30, 40)), "is zero-area or inverted"),
     ],
 )
 def test_bad_boxes_are_named(manifest: Manifest, box: LesionBox, reason: str) -> None:
-    bad = _swap(manifest, 1, boxes=(LesionBox("Mass", 1, 1, 5, 5), box))
+    bad = _swap(manifest, 1, boxes=(LesionBox("Mass", Box(1, 1, 5, 5)), box))
     text = _errors(bad)
-    assert f"record 1 (b.png): box 1 (Nodule {box.x1},{box.y1},{box.x2},{box.y2}) {reason}" in text
+    x1, y1, x2, y2 = box.box.as_tuple()
+    assert f"record 1 (b.png): box 1 (Nodule {x1},{y1},{x2},{y2}) {reason}" in text
 
 
 def test_canvas_size_is_a_parameter(manifest: Manifest) -> None:
@@ -250,7 +250,7 @@ def test_long_error_lists_are_cut_with_a_count(tmp_path: Path) -> None:
 
 def test_exclusion_mode_removes_exactly_the_bad_rows(manifest: Manifest, tmp_path: Path) -> None:
     manifest.records[0].path.unlink()
-    bad = _swap(manifest, 2, boxes=(LesionBox("Effusion", 5, 5, 5, 9),), split="valid")
+    bad = _swap(manifest, 2, boxes=(LesionBox("Effusion", Box(5, 5, 5, 9)),), split="valid")
     kept, exclusions = validate(bad, exclude=True)
     assert [r.image_id for r in kept.records] == ["b.png", "d.png"]
     assert [e.image_id for e in exclusions] == ["a.png", "c.png"]

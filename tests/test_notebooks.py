@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lesionsignal.notebook_runner import execute, sections, select
-from lesionsignal.params import load_params
+from lesionsignal.config.params import load_params
+from lesionsignal.pipeline.runner import execute, sections, select
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = sections(ROOT / "notebooks")
@@ -51,7 +51,7 @@ def test_notebook_executes_on_smoke_params(section, smoke_params_file: Path) -> 
 
 @pytest.mark.notebook
 def test_an_executed_section_is_up_to_date_until_an_output_changes(smoke_params_file: Path) -> None:
-    from lesionsignal.notebook_runner import up_to_date, write_stamp
+    from lesionsignal.pipeline.runner import up_to_date, write_stamp
 
     params = load_params(smoke_params_file)
     section = SECTIONS[0]

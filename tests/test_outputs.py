@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,18 +12,17 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from lesionsignal.outputs import Outputs, atomic_write_text, frame_to_latex, frame_to_markdown
-from lesionsignal.params import Paths, load_params
+from lesionsignal.config.params import load_params
+from lesionsignal.core.files import atomic_write_text
+from lesionsignal.paper.outputs import Outputs, frame_to_latex, frame_to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def outputs(smoke_params_file: Path, tmp_path: Path) -> Outputs:
-    params = load_params(smoke_params_file)
-    paths = Paths(
-        data_cache=params.paths.data_cache, work=tmp_path / "w", figures=tmp_path / "f", tables=tmp_path / "t"
-    )
-    paths = dataclasses.replace(paths, reports=tmp_path / "r")
-    return Outputs(dataclasses.replace(params, paths=paths), notebook="99_test", root=tmp_path)
+def outputs(tmp_path: Path) -> Outputs:
+    label = load_params(ROOT / "params" / "smoke.yaml").label
+    return Outputs(label, "99_test", tmp_path / "t", tmp_path / "f", tmp_path / "r", root=tmp_path, dpi=60)
 
 
 def _frame() -> pd.DataFrame:
@@ -80,10 +78,10 @@ def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
 
 
 def test_index_lists_every_output_with_its_notebook(outputs: Outputs, tmp_path: Path) -> None:
-    from lesionsignal.outputs import write_index
+    from lesionsignal.paper.outputs import write_index
 
     outputs.table(_frame(), "t9", "A listed table")
-    index = write_index(outputs.params, tmp_path)
+    index = write_index(outputs.label, outputs.reports_dir, tmp_path)
     text = index.read_text()
     assert "## 99_test" in text and "| table | t9 | A listed table |" in text and "SMOKE run" in text
     assert "t9" in index.with_suffix(".html").read_text()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lesionsignal.params import Params, RunKind, load_params
-from lesionsignal.validate import ParamsError
+from lesionsignal.config.params import Params, RunKind, load_params
+from lesionsignal.core.validate import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,9 +23,22 @@ def test_shipped_params_parse(name: str) -> None:
 def test_run_kinds_and_labels() -> None:
     demo = load_params(ROOT / "params" / "demo.yaml")
     paper = load_params(ROOT / "params" / "paper.yaml")
-    assert demo.run is RunKind.DEMO and demo.is_demo
-    assert "not comparable" in demo.label and "DEMO" in demo.label
-    assert paper.run is RunKind.STUDY and not paper.is_demo
+    assert demo.run is RunKind.DEMO and not demo.run.comparable_with_paper and demo.label.needs_footer
+    assert "not comparable" in demo.label.text and "DEMO" in demo.label.text
+    assert paper.run is RunKind.STUDY and paper.run.comparable_with_paper and not paper.label.needs_footer
+    smoke = load_params(ROOT / "params" / "smoke.yaml")
+    assert smoke.run is RunKind.SMOKE and not smoke.run.comparable_with_paper and "SMOKE" in smoke.label.text
+
+
+def test_results_digest_ignores_speed_and_presentation(tmp_path: Path) -> None:
+    base = load_params(ROOT / "params" / "smoke.yaml")
+    text = (ROOT / "params" / "smoke.yaml").read_text()
+    more_workers = text.replace("  workers: 1\n  chunk_size: 8", "  workers: 2\n  chunk_size: 8")
+    faster = load_params(_write(tmp_path, more_workers))
+    assert faster.extraction.workers == 2 and faster.digest() != base.digest()
+    assert faster.results_digest() == base.results_digest()
+    moved = load_params(_write(tmp_path, text.replace("margin: 0.15", "margin: 0.2")))
+    assert moved.results_digest() != base.results_digest()
 
 
 def _write(tmp_path: Path, text: str) -> Path:

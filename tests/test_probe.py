@@ -1,4 +1,4 @@
-"""The probe of SPEC section 4: FAST agrees with scikit-learn, folds respect groups, nothing sees the test rows."""
+"""The probe of protocol section 4: FAST agrees with scikit-learn, folds respect groups, nothing sees the test rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lesionsignal.probe import (
+from lesionsignal.analysis.probe import (
     Precision,
     ProbeConfig,
     ProbeError,
@@ -22,8 +22,8 @@ from lesionsignal.probe import (
     grouped_stratified_folds,
     threshold_max_f1,
 )
-from lesionsignal.stats import StatsError
-from lesionsignal.validate import FieldError
+from lesionsignal.analysis.stats import StatsError
+from lesionsignal.core.validate import FieldError
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lesionsignal import registry_data
-from lesionsignal.canvas import load_canvas
-from lesionsignal.registry_data import (
+from lesionsignal.core.canvas import load_canvas
+from lesionsignal.data import registry as registry_data
+from lesionsignal.data.registry import (
     ADULT_TARGET,
     CT_TARGET,
     PAEDIATRIC_TARGET,

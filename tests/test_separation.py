@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
 
-from lesionsignal.separation import (
+from lesionsignal.analysis.separation import (
     Separation,
     SeparationError,
     mahalanobis_distance,
-    plot_umap_panels,
     rank_agreement,
     separation,
     shrunk_covariance,
@@ -21,6 +20,7 @@ from lesionsignal.separation import (
     stratified_subsample,
     umap_embedding,
 )
+from lesionsignal.paper.figures import plot_umap_panels
 
 
 def whitened(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from lesionsignal.sfdi import DEFAULT_PANEL, SfdiError, sfdi, sfdi_table
+from lesionsignal.analysis.sfdi import SfdiError, sfdi, sfdi_table
+from lesionsignal.paper.registry import SFDI_PANEL as DEFAULT_PANEL
 
 PANEL4 = ("C1", "C2", "L4", "L8")
 
@@ -19,9 +20,10 @@ def test_hand_computation_with_the_clip() -> None:
 
 
 def test_bounds() -> None:
-    assert sfdi(dict.fromkeys(DEFAULT_PANEL, 0.5)) == pytest.approx(0.5, abs=1e-15)
-    assert sfdi(dict.fromkeys(DEFAULT_PANEL, 0.0)) == pytest.approx(0.5, abs=1e-15)  # below chance clips to chance
-    assert sfdi(dict.fromkeys(DEFAULT_PANEL, 1.0)) == 1.0
+    assert sfdi(dict.fromkeys(DEFAULT_PANEL, 0.5), DEFAULT_PANEL) == pytest.approx(0.5, abs=1e-15)
+    # below chance clips to chance
+    assert sfdi(dict.fromkeys(DEFAULT_PANEL, 0.0), DEFAULT_PANEL) == pytest.approx(0.5, abs=1e-15)
+    assert sfdi(dict.fromkeys(DEFAULT_PANEL, 1.0), DEFAULT_PANEL) == 1.0
     assert len(DEFAULT_PANEL) == 10
 
 
@@ -29,7 +31,7 @@ def test_errors() -> None:
     aucs = dict.fromkeys(DEFAULT_PANEL, 0.7)
     del aucs["L8"], aucs["ground_glass_64"]
     with pytest.raises(SfdiError, match=r"missing panel conditions \['L8', 'ground_glass_64'\]"):
-        sfdi(aucs)
+        sfdi(aucs, DEFAULT_PANEL)
     with pytest.raises(SfdiError, match="C2"):
         sfdi({"C1": 0.7, "C2": 1.2}, ("C1", "C2"))
     with pytest.raises(SfdiError, match="C1"):

@@ -1,4 +1,4 @@
-"""Statistics of SPEC section 6 against references: scikit-learn, a slow DeLong, hand-worked numbers."""
+"""Statistics of protocol section 6 against references: scikit-learn, a slow DeLong, hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from lesionsignal import stats
-from lesionsignal.stats import StatsError
+from lesionsignal.analysis import stats
+from lesionsignal.analysis.stats import StatsError
 
 
 def _binormal(rng: np.random.Generator, n_pos: int, n_neg: int, shift: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,355 @@
+"""Run configurations: YAML files in params/ parsed into validated, frozen dataclasses before any compute.
+
+Relative paths in a parameter file are relative to the project root (the folder holding pyproject.toml), so a
+notebook opened from notebooks/ and `make` run from the root see the same files.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from lesionsignal.core.kinds import RunKind
+from lesionsignal.core.validate import FieldError, ParamsError, build
+from lesionsignal.demo.config import DemoCohortConfig
+from lesionsignal.paper.outputs import RunLabel
+from lesionsignal.paper.registry import SFDI_PANEL
+from lesionsignal.stimuli.panel import condition_names
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_cache: Path = Path(".cache/data")  # registry packages extracted by `make data`
+    cache: Path = Path(".cache/work")  # content-addressed caches any run may share (cohorts, units, probes)
+    work: Path = Path(".cache/work")  # this run's stage outputs (runs/<run name>/<stage>/)
+    figures: Path = Path("figures")
+    tables: Path = Path("tables")
+    reports: Path = Path("reports")  # executed notebooks and the index page
+
+
+@dataclass(frozen=True)
+class PanelParams:
+    canvas_size: int = 1024
+    margin: float = 0.15  # the paper's central 70 %; the authors' final code used 0.20
+    base_seed: int = 42
+    conditions: tuple[str, ...] = ()  # empty: the whole 29-condition panel
+
+    def __post_init__(self) -> None:
+        if self.canvas_size < 64:
+            raise FieldError("canvas_size", f"must be at least 64, got {self.canvas_size}")
+        if not 0.0 <= self.margin < 0.5:
+            raise FieldError("margin", f"must be in [0, 0.5), got {self.margin}")
+        known = condition_names()
+        for i, name in enumerate(self.conditions):
+            if name not in known:
+                raise FieldError(f"conditions[{i}]", f"unknown condition {name!r} (known: {', '.join(known)})")
+
+
+@dataclass(frozen=True)
+class GalleryParams:
+    films: tuple[str, ...] = ("RG1_UNCR",)  # real-film ids (see lesionsignal.data.registry) shown in the gallery
+    conditions: tuple[str, ...] = ()  # empty: every condition of the panel
+    crop: int = 96  # side of the zoomed crop around the patch, in canvas pixels
+
+    def __post_init__(self) -> None:
+        if not self.films:
+            raise FieldError("films", "name at least one film")
+        if self.crop < 8:
+            raise FieldError("crop", f"must be at least 8 px, got {self.crop}")
+
+
+@dataclass(frozen=True)
+class FigureParams:
+    dpi: int = 110  # of every PNG the run writes
+
+    def __post_init__(self) -> None:
+        if self.dpi < 20:
+            raise FieldError("dpi", f"must be at least 20, got {self.dpi}")
+
+
+class CohortKind(enum.Enum):
+    DEMO = "demo"  # rendered from the real chest CT (lesionsignal.demo)
+    REAL_FILMS = "real_films"  # the 17 real films of the registry packages
+    NIH = "nih"
+    MIMIC = "mimic"
+    INSTITUTIONAL = "institutional"
+    CHESTXDET10 = "chestxdet10"
+
+
+class Analysis(enum.Enum):
+    PANEL = "panel"  # controlled-stimulus detection (clean vs perturbed)
+    DISEASE = "disease"  # globally decided disease probes, and clean-vs-perturbed disease protocol
+    LESIONS = "lesions"  # natural lesions with boxes (ChestX-Det10 analyses)
+
+
+_COHORT_FILES: dict[CohortKind, tuple[str, ...]] = {
+    CohortKind.DEMO: (),
+    CohortKind.REAL_FILMS: (),
+    CohortKind.NIH: ("csv", "image_dirs"),
+    CohortKind.MIMIC: ("root", "metadata_csv", "chexpert_csv", "split_csv"),
+    CohortKind.INSTITUTIONAL: ("csv", "root"),
+    CohortKind.CHESTXDET10: ("train_json", "test_json", "root"),
+}
+
+
+@dataclass(frozen=True)
+class CohortParams:
+    """One cohort: where its files are, and which analyses it enters. Only the kind's own fields are needed."""
+
+    name: str
+    kind: CohortKind
+    uses: tuple[Analysis, ...] = (Analysis.PANEL, Analysis.DISEASE)
+    root: Path | None = None  # image folder (MIMIC: the files/ parent; ChestX-Det10 / institutional: images)
+    csv: Path | None = None  # NIH Data_Entry_2017_v2020.csv, or the institutional cohort's CSV
+    image_dirs: tuple[Path, ...] = ()  # NIH image folders
+    split_lists: tuple[Path, ...] = ()  # NIH official train_val_list.txt and test_list.txt (empty: grouped split)
+    metadata_csv: Path | None = None  # MIMIC
+    chexpert_csv: Path | None = None  # MIMIC
+    split_csv: Path | None = None  # MIMIC
+    subsample_manifest: Path | None = None  # MIMIC: the probe-training subsample of the official train split
+    train_json: Path | None = None  # ChestX-Det10
+    test_json: Path | None = None  # ChestX-Det10
+    window_columns: tuple[str, ...] = ()  # institutional: the (min, max) columns of each 16-bit image's window
+    columns: dict[str, str] = field(default_factory=dict)  # institutional: path / patient_id / split / view -> column
+    label_columns: dict[str, str] = field(default_factory=dict)  # institutional: label name -> CSV column
+    split_map: dict[str, str] = field(default_factory=dict)  # institutional: rename split values, e.g. {val: train}
+    lung_lesion_from: tuple[str, ...] = ("Mass", "Nodule")  # the paper's text; the authors' code used Nodule only
+    n_images: int | None = None  # detection-set size drawn with default_rng(seed) (the study: 40,000); None: all
+    test_fraction: float = 0.2
+    seed: int = 42
+    exclude_invalid: bool = False  # True: invalid rows go to an exclusion list beside the manifest instead of failing
+
+    def required_files(self) -> list[tuple[str, Path]]:
+        """(field, path) of every input file or folder this kind reads."""
+        pairs = []
+        for name in _COHORT_FILES[self.kind]:
+            value = getattr(self, name)
+            if value is None or value == ():
+                raise FieldError(name, f"required for a {self.kind.value} cohort")
+            for i, path in enumerate(value if isinstance(value, tuple) else (value,)):
+                pairs.append((f"{name}[{i}]" if isinstance(value, tuple) else name, path))
+        for name in ("split_lists", "subsample_manifest"):
+            value = getattr(self, name)
+            for i, path in enumerate(value if isinstance(value, tuple) else (() if value is None else (value,))):
+                pairs.append((f"{name}[{i}]" if isinstance(value, tuple) else name, path))
+        return pairs
+
+    def __post_init__(self) -> None:
+        self.required_files()
+        if self.n_images is not None and self.n_images < 4:
+            raise FieldError("n_images", f"need at least 4 images, got {self.n_images}")
+        if self.split_lists and len(self.split_lists) != 2:
+            raise FieldError("split_lists", "give both train_val_list.txt and test_list.txt")
+        unknown = sorted(set(self.columns) - {"path", "patient_id", "split", "view"})
+        if unknown:
+            raise FieldError("columns", f"unknown column roles {unknown} (known: path, patient_id, split, view)")
+        if self.window_columns and len(self.window_columns) != 2:
+            raise FieldError("window_columns", "give the window's minimum and maximum columns")
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    """One encoder: a registry id (lesionsignal.features.registry), optionally from a local folder or another hub id."""
+
+    id: str
+    source: str | None = None  # hub id or local directory; None: the registry's hub id
+    revision: str | None = None  # pinned hub revision (commit) for reproducibility
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision is for GPUs
+    batch_size: int = 16
+    seed: int = 0  # random-init demo encoders only
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise FieldError("batch_size", f"must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ExtractionParams:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 2  # threads preparing images while the model runs
+    chunk_size: int = 64  # images per cached unit: the most a crash can lose
+    shard_index: int = 0
+    shard_count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shard_index < self.shard_count:
+            raise FieldError("shard_index", f"need 0 <= shard_index < shard_count, got {self.shard_index}")
+        if self.chunk_size < 1 or self.workers < 1:
+            raise FieldError("chunk_size", "chunk_size and workers must be positive")
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # the authors' code; the paper's text lost the grid
+    folds: int = 5
+    seed: int = 42
+    max_iter: int = 2000
+    solver: Literal["fast", "sklearn"] = "fast"
+    n_boot: int = 1000
+    paired_n_boot: int = 10000  # clean-vs-perturbed deltas: with 1,000, no cell could pass BH over 81 cells
+    n_perm: int = 5000
+    alpha: float = 0.05
+    workers: int = 2  # probe processes (each single-threaded: small probes run faster one thread each)
+    finetuned_cnn: bool = True  # the fine-tuned CNN pixel-signal ceiling
+    cnn_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise FieldError("c_grid", f"need positive C values, got {list(self.c_grid)}")
+        if self.folds < 2:
+            raise FieldError("folds", f"need at least 2 folds, got {self.folds}")
+
+
+@dataclass(frozen=True)
+class LesionParams:
+    classes: tuple[str, ...] = ("Calcification", "Nodule", "Mass")
+    negatives_per_positive: int = 2
+    negative_placement: Literal["same_position", "uniform"] = "same_position"  # the authors: uniform
+    n_boot: int = 10000
+    seed: int = 42  # negatives' images and (uniform) positions, and the paired bootstrap
+
+
+@dataclass(frozen=True)
+class SfdiParams:
+    panel: tuple[str, ...] = SFDI_PANEL  # the paper's T12 panel
+
+
+@dataclass(frozen=True)
+class SeparationParams:
+    conditions: tuple[str, ...] = ()  # empty: every extracted condition
+    silhouette_points: int = 5000
+    umap_points: int = 10000
+    n_neighbors: int = 30
+    min_dist: float = 0.1
+    shrink: float = 0.1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Params:
+    name: str
+    run: RunKind
+    description: str = ""
+    paths: Paths = field(default_factory=Paths)
+    panel: PanelParams = field(default_factory=PanelParams)
+    gallery: GalleryParams = field(default_factory=GalleryParams)
+    figures: FigureParams = field(default_factory=FigureParams)
+    demo_cohort: DemoCohortConfig = field(default_factory=DemoCohortConfig)  # the rendered demo cohort's generator
+    cohorts: tuple[CohortParams, ...] = ()
+    encoders: tuple[EncoderParams, ...] = ()
+    extraction: ExtractionParams = field(default_factory=ExtractionParams)
+    probe: ProbeParams = field(default_factory=ProbeParams)
+    lesions: LesionParams = field(default_factory=LesionParams)
+    sfdi: SfdiParams = field(default_factory=SfdiParams)
+    separation: SeparationParams = field(default_factory=SeparationParams)
+    source: str = ""  # the YAML file these came from
+
+    @property
+    def label(self) -> RunLabel:
+        """Words that travel with every table and figure of this run."""
+        if self.run.comparable_with_paper:
+            text = f"{self.name}: study run (real data, real weights)"
+        else:
+            text = (
+                f"{self.name}: {self.run.value.upper()} run (rendered demo cohort and random-init demo encoders); "
+                "numbers are not the paper's and are not comparable with it"
+            )
+        return RunLabel(self.name, self.run, text)
+
+    def __post_init__(self) -> None:
+        for group in ("cohorts", "encoders"):
+            names = [getattr(item, "name", None) or item.id for item in getattr(self, group)]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise FieldError(group, f"names must be unique, repeated: {repeated}")
+
+    def cohort(self, name: str) -> CohortParams:
+        for cohort in self.cohorts:
+            if cohort.name == name:
+                return cohort
+        raise KeyError(f"{self.source}: no cohort named {name!r} (have: {[c.name for c in self.cohorts]})")
+
+    def cohorts_for(self, analysis: Analysis) -> list[CohortParams]:
+        return [c for c in self.cohorts if analysis in c.uses]
+
+    def check_files(self, root: Path | None = None) -> None:
+        """Every input file the parameters name must exist: checked before any compute, all at once."""
+        problems = []
+        for i, cohort in enumerate(self.cohorts):
+            for key, path in cohort.required_files():
+                if not resolve(self, path, root).exists():
+                    problems.append(f"cohorts[{i}].{key}: {path} does not exist")
+        if problems:
+            raise ParamsError(
+                self.source, problems[0].split(":")[0], "missing input files:\n  " + "\n  ".join(problems)
+            )
+
+    def digest(self) -> str:
+        """Content hash of the parameters (not of the file name), for cache keys and provenance."""
+        payload = asdict(self)
+        payload.pop("source", None)
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def results_digest(self) -> str:
+        """Hash of the settings that can change a number: everything but how fast and how it is shown."""
+        payload = asdict(self)
+        for section, keys in _NOT_RESULTS.items():
+            if not keys:
+                payload.pop(section, None)
+            for key in keys:
+                payload[section].pop(key, None)
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Settings that change speed or presentation, never a result: shards and workers are proven to give the same bytes.
+_NOT_RESULTS: dict[str, tuple[str, ...]] = {
+    "source": (),
+    "description": (),
+    "gallery": (),
+    "figures": (),
+    "demo_cohort": ("workers",),
+    "extraction": ("workers", "shard_index", "shard_count"),
+    "probe": ("workers",),
+}
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding this project's pyproject.toml, searched upwards from ``start`` (default: cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and 'name = "lesionsignal"' in candidate.read_text():
+            return folder
+    raise FileNotFoundError(f"no lesionsignal project (pyproject.toml) found above {here}")
+
+
+def load_params(path: str | Path) -> Params:
+    """Parse and validate a parameter file; any problem raises ParamsError naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(path, "", "parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(path, "", f"not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(path, "", "expected a mapping at the top level")
+    if "source" in data:
+        raise ParamsError(path, "source", "reserved key (set from the file name)")
+    data = {**data, "source": str(path)}
+    return build(Params, data, source=path)
+
+
+def resolve(params: Params, relative: Path, root: Path | None = None) -> Path:
+    """An absolute path for a path from the parameters."""
+    if relative.is_absolute():
+        return relative
+    return (root or project_root()) / relative

@@ -1,0 +1,45 @@
+"""Images to read: an id, a path and a 16-bit window, and reading a batch of them into canvases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lesionsignal.core.canvas import CanvasError, Window, load_canvas
+
+
+class ImageError(ValueError):
+    """An image of a cohort cannot be read; the message names the image and its file."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """An image to read: its id (the file's base name, which perturbation seeding hashes), path and 16-bit window."""
+
+    image_id: str
+    path: Path
+    window: tuple[float, float] | None = None
+
+    def fingerprint(self) -> tuple[str, str, int, tuple[float, float] | None]:
+        """What identifies the pixels in a cache key: id, file name, size and window."""
+        try:
+            size = self.path.stat().st_size
+        except OSError as err:
+            raise ImageError(f"image {self.image_id}: cannot read {self.path} ({err})") from None
+        return (self.image_id, self.path.name, size, self.window)
+
+    def canvas(self, size: int) -> np.ndarray:
+        window = Window(*self.window) if self.window else None
+        try:
+            return load_canvas(self.path, size=size, window=window)
+        except (CanvasError, ValueError) as err:
+            raise ImageError(f"image {self.image_id}: {err}") from err
+
+
+def load_canvases(items: Sequence[ImageItem], size: int, pool: ThreadPoolExecutor) -> np.ndarray:
+    """The canvases of ``items`` in order, decoded on ``pool``'s threads: (len(items), size, size) uint8."""
+    return np.stack(list(pool.map(lambda item: item.canvas(size), items)))

@@ -1,0 +1,162 @@
+"""What one forward pass gives: global pools, and a local pool at each requested box (protocol sections 3 and 5).
+
+A feature source turns a batch of canvases, with the boxes to pool at for each canvas, into
+- global pools, one vector per canvas (``cls`` and ``patch_mean`` for an encoder; ``raw_global`` for pixels), and
+- one local vector per (canvas, box) (``patch_local`` for an encoder; ``raw_oracle`` for pixels).
+The extraction engine is written against this small interface only, so encoders and the raw-pixel baseline share
+one cached, resumable pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from lesionsignal.core.box import Box, centred_window
+from lesionsignal.core.digests import stable_digest
+from lesionsignal.core.kinds import Pool
+from lesionsignal.features.encoder import Encoder
+from lesionsignal.features.geometry import BoxOutsideCrop
+
+RAW_GLOBAL_SIDE = 64  # area-downsampled whole image: 4,096 features
+RAW_ORACLE_SIDE = 32  # window centred on the known patch: 1,024 features
+RAW_SOURCE = "raw-pixels"
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Pools of one batch: ``global_pools[name]`` is (B, D); ``local`` is (M, D) for the M requested boxes."""
+
+    global_pools: dict[Pool, np.ndarray]
+    local: np.ndarray
+
+
+class FeatureSource(Protocol):
+    @property
+    def source_id(self) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """Content key: changes whenever the vectors would (weights, revision, processor, dtype, config)."""
+        ...
+
+    @property
+    def global_names(self) -> tuple[Pool, ...]: ...
+
+    @property
+    def local_name(self) -> Pool: ...
+
+    def can_pool(self, box: Box, canvas_size: int) -> bool:
+        """Whether a local vector exists at ``box`` (an encoder's centre crop may cut it away entirely)."""
+        ...
+
+    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled: ...
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """The raw-pixel baselines of protocol section 5, as a feature source (gray levels scaled to [0, 1])."""
+
+    global_side: int = RAW_GLOBAL_SIDE
+    oracle_side: int = RAW_ORACLE_SIDE
+
+    @property
+    def source_id(self) -> str:
+        return RAW_SOURCE
+
+    @property
+    def key(self) -> str:
+        return stable_digest("raw-pixels", self.global_side, self.oracle_side)
+
+    @property
+    def global_names(self) -> tuple[Pool, ...]:
+        return (Pool.RAW_GLOBAL,)
+
+    @property
+    def local_name(self) -> Pool:
+        return Pool.RAW_ORACLE
+
+    def can_pool(self, box: Box, canvas_size: int) -> bool:
+        return True  # pixel windows are shifted onto the canvas, never lost
+
+    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        side = canvases.shape[-1]
+        small = [cv2.resize(c, (self.global_side, self.global_side), interpolation=cv2.INTER_AREA) for c in canvases]
+        global_raw = np.stack(small).reshape(len(canvases), -1).astype(np.float32) / 255.0
+        local = [
+            canvases[i][centred_window(box, self.oracle_side, side)].reshape(-1).astype(np.float32) / 255.0
+            for i, image_boxes in enumerate(boxes)
+            for box in image_boxes
+        ]
+        width = self.oracle_side**2
+        return Pooled({Pool.RAW_GLOBAL: global_raw}, np.stack(local) if local else np.zeros((0, width), np.float32))
+
+
+@dataclass
+class EncoderFeatures:
+    """A frozen encoder as a feature source: its global vector (``cls``), the patch-token mean, patch-local means.
+
+    Patch-local pools the tokens whose cells intersect the box mapped through the processor's own resize and crop
+    (``Geometry.token_mask``); a box cropped away entirely raises for that sample rather than falling back.
+    """
+
+    encoder: Encoder
+    batch_size: int = 16
+    seed: int = 0  # the build seed of a random-init encoder (part of its identity)
+
+    @property
+    def spec(self) -> object:
+        return self.encoder.spec
+
+    @property
+    def source_id(self) -> str:
+        return self.encoder.spec.id
+
+    @property
+    def key(self) -> str:
+        enc = self.encoder
+        seed = self.seed if enc.spec.random_init else None
+        return stable_digest("encoder", enc.spec, str(enc.dtype), seed)
+
+    @property
+    def global_names(self) -> tuple[Pool, ...]:
+        return (Pool.CLS, Pool.PATCH_MEAN)
+
+    @property
+    def local_name(self) -> Pool:
+        return Pool.PATCH_LOCAL
+
+    def can_pool(self, box: Box, canvas_size: int) -> bool:
+        try:
+            self.encoder.spec.geometry.token_mask(box, canvas=canvas_size)
+        except BoxOutsideCrop:
+            return False
+        return True
+
+    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        import torch
+
+        geometry = self.encoder.spec.geometry
+        canvas_size = canvases.shape[-1]
+        masks = [
+            [torch.from_numpy(geometry.token_mask(b, canvas=canvas_size)) for b in image_boxes] for image_boxes in boxes
+        ]
+        cls_parts, mean_parts, local_parts = [], [], []
+        for start in range(0, len(canvases), self.batch_size):
+            out = self.encoder.encode(canvases[start : start + self.batch_size])
+            tokens = out.patch_tokens.float()
+            cls_parts.append(out.global_vec.float().cpu().numpy())
+            mean_parts.append(tokens.mean(dim=(1, 2)).cpu().numpy())
+            for offset in range(tokens.shape[0]):
+                for mask in masks[start + offset]:
+                    local_parts.append(tokens[offset][mask.to(tokens.device)].mean(dim=0).cpu().numpy())
+        dim = cls_parts[0].shape[1] if cls_parts else 0
+        local = np.stack(local_parts) if local_parts else np.zeros((0, dim), np.float32)
+        return Pooled(
+            {Pool.CLS: np.concatenate(cls_parts), Pool.PATCH_MEAN: np.concatenate(mean_parts)},
+            local.astype(np.float32),
+        )

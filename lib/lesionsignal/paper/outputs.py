@@ -1,0 +1,191 @@
+"""Writing the run's tables (CSV, Markdown, LaTeX) and figures (PNG, PDF), each labelled with what the run is.
+
+Every table and figure a notebook makes goes through an ``Outputs`` object, which also records what it wrote in a
+small JSON log per notebook; the report index is assembled from those logs. Bytes are deterministic: fixed float
+formatting, no timestamps, and PDF/PNG metadata without creation dates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lesionsignal.core.files import atomic_write_text, atomic_writer
+from lesionsignal.core.kinds import RunKind
+
+FLOAT_DIGITS = 4
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    """What a run is, in the words that travel with every table (a ``run`` column and the caption) and figure."""
+
+    name: str
+    kind: RunKind
+    text: str
+
+    @property
+    def needs_footer(self) -> bool:
+        """Figures of runs that are not comparable with the paper carry the label as a red footer."""
+        return not self.kind.comparable_with_paper
+
+
+def _cell(value: object, digits: int = FLOAT_DIGITS) -> str:
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def frame_to_csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format=f"%.{FLOAT_DIGITS}f", lineterminator="\n")
+
+
+def frame_to_markdown(frame: pd.DataFrame, title: str = "", note: str = "") -> str:
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    parts = [f"**{title}**", ""] if title else []
+    parts += [header, rule, *rows]
+    if note:
+        parts += ["", f"_{note}_"]
+    return "\n".join(parts) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text
+
+
+def frame_to_latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    align = "".join("r" if pd.api.types.is_numeric_dtype(frame[c]) else "l" for c in frame.columns)
+    lines = [r"\begin{table}[ht]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{_latex_escape(caption)}}}")
+    if label:
+        lines.append(rf"\label{{tab:{label}}}")
+    lines += [rf"\begin{{tabular}}{{{align}}}", r"\hline"]
+    lines.append(" & ".join(_latex_escape(str(c)) for c in frame.columns) + r" \\")
+    lines.append(r"\hline")
+    for row in frame.itertuples(index=False):
+        lines.append(" & ".join(_latex_escape(_cell(v)) for v in row) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Outputs:
+    """Where one notebook of one run writes its tables and figures, and the log of what it wrote."""
+
+    label: RunLabel
+    notebook: str
+    tables_dir: Path
+    figures_dir: Path
+    reports_dir: Path
+    root: Path  # paths in the log are relative to it
+    params_source: str = ""  # the parameter file, as the log records it
+    dpi: int = 110
+    written: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.reports_dir / "outputs" / f"{self.notebook}.json"
+
+    def table(self, frame: pd.DataFrame, name: str, caption: str) -> Path:
+        """Write ``frame`` as CSV, Markdown and LaTeX; the run label travels with it (a column and the caption)."""
+        if frame.empty:
+            raise ValueError(f"table {name!r} is empty: refusing to write an empty result")
+        labelled = frame.copy()
+        labelled["run"] = self.label.kind.value
+        full_caption = f"{caption} [{self.label.text}]"
+        base = self.tables_dir / name
+        atomic_write_text(base.with_suffix(".csv"), frame_to_csv(labelled))
+        atomic_write_text(base.with_suffix(".md"), frame_to_markdown(frame, caption, self.label.text))
+        atomic_write_text(base.with_suffix(".tex"), frame_to_latex(frame, full_caption, name))
+        self._log("table", name, caption, base.with_suffix(".csv"))
+        return base.with_suffix(".csv")
+
+    def run_log(self, frame: pd.DataFrame, name: str) -> Path:
+        """Timings and cache use of this execution: kept beside the executed notebook, not among the paper's tables,
+        because they differ from run to run while every table must be byte-identical for identical parameters."""
+        target = self.reports_dir / "logs" / f"{name}.csv"
+        atomic_write_text(target, frame_to_csv(frame))
+        return target
+
+    def figure(self, fig: object, name: str, caption: str) -> Path:
+        """Save a matplotlib figure as PNG and PDF, stamped with the run label when the run is not the study."""
+        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        if self.label.needs_footer:
+            # Below everything already drawn (rotated tick labels included), so the label never covers the data.
+            # Figures made without pyplot have a bare canvas with no renderer: lay them out on an Agg one.
+            canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+            bottom = fig.get_tightbbox(canvas.get_renderer()).y0 / fig.get_figheight()
+            fig.text(0.5, bottom - 0.01, self.label.text, ha="center", va="top", fontsize=7, color="firebrick")
+        base = self.figures_dir / name
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, meta in (
+            (".png", {"Software": None}),
+            (".pdf", {"CreationDate": None, "Producer": None}),
+        ):
+            with atomic_writer(base.with_suffix(suffix)) as handle:
+                fig.savefig(handle, format=suffix[1:], dpi=self.dpi, metadata=meta, bbox_inches="tight")
+        plt.close(fig)
+        self._log("figure", name, caption, base.with_suffix(".png"))
+        return base.with_suffix(".png")
+
+    def _log(self, kind: str, name: str, caption: str, path: Path) -> None:
+        entry = {"kind": kind, "name": name, "caption": caption, "path": os.path.relpath(path, self.root)}
+        self.written = [e for e in self.written if not (e["kind"] == kind and e["name"] == name)] + [entry]
+        payload = {"notebook": self.notebook, "params": self.params_source, "label": self.label.text}
+        payload["outputs"] = self.written
+        atomic_write_text(self.log_path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def write_index(label: RunLabel, reports: Path, root: Path) -> Path:
+    """An index page (Markdown and HTML) of every table and figure of the run, with the notebook and params."""
+    import html
+
+    logs = sorted((reports / "outputs").glob("*.json"))
+    lines = [f"# {label.name}: tables and figures", "", f"_{label.text}_", ""]
+    rows_html = []
+    for log_file in logs:
+        log = json.loads(log_file.read_text())
+        notebook = log["notebook"]
+        lines += [
+            f"## {notebook}",
+            "",
+            f"executed notebook: `{notebook}.ipynb` / `{notebook}.html`; params: `{log['params']}`",
+            "",
+        ]
+        lines += ["| kind | name | caption | file |", "|---|---|---|---|"]
+        for entry in log["outputs"]:
+            lines.append(f"| {entry['kind']} | {entry['name']} | {entry['caption']} | `{entry['path']}` |")
+            link = os.path.relpath(root / entry["path"], reports)
+            rows_html.append(
+                f"<tr><td>{html.escape(notebook)}</td><td>{entry['kind']}</td><td><a href='{html.escape(link)}'>"
+                f"{html.escape(entry['name'])}</a></td><td>{html.escape(entry['caption'])}</td></tr>"
+            )
+        lines.append("")
+    markdown = reports / "index.md"
+    atomic_write_text(markdown, "\n".join(lines) + "\n")
+    page = (
+        f"<html><head><meta charset='utf-8'><title>{html.escape(label.name)}</title></head><body>"
+        f"<h1>{html.escape(label.name)}: tables and figures</h1><p><em>{html.escape(label.text)}</em></p>"
+        "<table border='1' cellpadding='4'><tr><th>notebook</th><th>kind</th><th>name</th><th>caption</th></tr>"
+        + "".join(rows_html)
+        + "</table></body></html>\n"
+    )
+    atomic_write_text(reports / "index.html", page)
+    return markdown

@@ -1,0 +1,155 @@
+"""The first stages: render the demo cohort (when the run has one), then read, validate and save every cohort.
+
+Each cohort of the parameters is read by the adapter of its kind, validated (files, unique ids, patient-disjoint
+splits, boxes inside the canvas) and saved as a manifest in the stage's folder; later stages read the manifests and
+never the sources again. Problems raise, naming file and row, unless the cohort allows exclusion
+(``exclude_invalid``): the excluded rows are then listed beside its manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lesionsignal.config.params import Analysis, CohortKind, CohortParams, resolve
+from lesionsignal.core.files import atomic_write_text
+from lesionsignal.data.chestxdet10 import read_chestxdet10
+from lesionsignal.data.demo_cohort import read_demo
+from lesionsignal.data.images import ImageItem
+from lesionsignal.data.institutional import InstitutionalColumns, read_institutional
+from lesionsignal.data.manifest import Manifest
+from lesionsignal.data.mimic import read_mimic
+from lesionsignal.data.nih import read_nih
+from lesionsignal.data.real_films import read_real_films
+from lesionsignal.data.registry import ct_paths, real_films
+from lesionsignal.data.validation import validate, write_exclusions
+from lesionsignal.demo.build import build_demo_cohort
+from lesionsignal.demo.config import cohort_folder_name
+from lesionsignal.pipeline.stage import Run, StageName
+
+MANIFESTS = "manifests"
+DEMO_RECORD = "demo_cohort.json"
+
+
+def demo_cohort_folder(run: Run) -> Path:
+    """Where the run's demo cohort lives: the folder name carries the generator's parameter digest."""
+    return run.catalog.cohorts / cohort_folder_name(run.params.demo_cohort, run.params.panel.canvas_size)
+
+
+def compute_demo_cohort(run: Run) -> bool:
+    """Build (or reuse, or resume) the demo cohort when the run has a demo cohort; record where it is."""
+    wanted = any(c.kind is CohortKind.DEMO for c in run.params.cohorts)
+    record: dict[str, str | None] = {"folder": None}
+    if wanted:
+        folder = demo_cohort_folder(run)
+        ct = ct_paths(run.catalog.data_cache)
+        canvas = run.params.panel.canvas_size
+        cohort = build_demo_cohort(run.params.demo_cohort, ct, folder, run.progress, canvas=canvas)
+        if not cohort.complete:
+            return False
+        record["folder"] = folder.name
+    atomic_write_text(run.catalog.stage(StageName.DEMO_COHORT) / DEMO_RECORD, json.dumps(record) + "\n")
+    return True
+
+
+def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
+    """The cohort as its adapter reads it, before validation."""
+    params, root = run.params, run.catalog.root
+
+    def path(value: Path) -> Path:
+        return resolve(params, value, root)
+
+    kind = cohort.kind
+    if kind is CohortKind.DEMO:
+        return read_demo(demo_cohort_folder(run), classes=params.lesions.classes, cohort=cohort.name)
+    if kind is CohortKind.NIH:
+        lists = (path(cohort.split_lists[0]), path(cohort.split_lists[1])) if cohort.split_lists else None
+        return read_nih(
+            path(cohort.csv),
+            [path(p) for p in cohort.image_dirs],
+            lung_lesion_from=cohort.lung_lesion_from,
+            split_lists=lists,
+            test_fraction=cohort.test_fraction,
+            seed=cohort.seed,
+            cohort=cohort.name,
+        )
+    if kind is CohortKind.MIMIC:
+        return read_mimic(
+            path(cohort.root),
+            metadata_csv=path(cohort.metadata_csv),
+            chexpert_csv=path(cohort.chexpert_csv),
+            split_csv=path(cohort.split_csv),
+            subsample_manifest=path(cohort.subsample_manifest) if cohort.subsample_manifest else None,
+            cohort=cohort.name,
+        )
+    if kind is CohortKind.INSTITUTIONAL:
+        columns = InstitutionalColumns(**cohort.columns)
+        if cohort.label_columns:
+            columns = dataclasses.replace(columns, labels=tuple(cohort.label_columns.items()))
+        return read_institutional(
+            path(cohort.csv),
+            root=path(cohort.root),
+            columns=columns,
+            window_columns=(cohort.window_columns[0], cohort.window_columns[1]) if cohort.window_columns else None,
+            split_map=cohort.split_map or None,
+            cohort=cohort.name,
+        )
+    if kind is CohortKind.REAL_FILMS:
+        films = real_films(run.catalog.data_cache)
+        return read_real_films([(f.film_id, f.path, f.group, f.label) for f in films], cohort=cohort.name)
+    if kind is CohortKind.CHESTXDET10:
+        return read_chestxdet10(
+            path(cohort.train_json),
+            path(cohort.test_json),
+            path(cohort.root),
+            classes=params.lesions.classes,
+            cohort=cohort.name,
+        )
+    raise ValueError(f"{params.source}: cohort {cohort.name!r}: kind {kind.value} has no adapter")
+
+
+def compute_cohorts(run: Run) -> bool:
+    """Every cohort of the run, validated and saved (with its exclusion list when rows were excluded)."""
+    for cohort in run.params.cohorts:
+        checked, exclusions = validate(
+            read_cohort(run, cohort),
+            canvas=run.params.panel.canvas_size,
+            known_classes=None,
+            check_files=True,
+            exclude=cohort.exclude_invalid,
+        )
+        folder = manifest_folder(run, cohort.name)
+        checked.save(folder)
+        if exclusions:
+            write_exclusions(folder / "exclusions.csv", exclusions)
+    return True
+
+
+def manifest_folder(run: Run, cohort: str) -> Path:
+    return run.catalog.stage(StageName.COHORTS) / MANIFESTS / cohort
+
+
+def manifest(run: Run, cohort: str) -> Manifest:
+    """A validated cohort, as the cohorts stage saved it."""
+    return Manifest.load(manifest_folder(run, cohort))
+
+
+def manifests(run: Run, analysis: Analysis) -> dict[str, Manifest]:
+    """The saved manifests of the cohorts that enter ``analysis``, in parameter order."""
+    return {c.name: manifest(run, c.name) for c in run.params.cohorts_for(analysis)}
+
+
+def detection_items(records: Manifest, cohort: CohortParams) -> list[ImageItem]:
+    """The detection set: every image, or ``n_images`` drawn with ``default_rng(seed)`` (the study: 40,000)."""
+    ordered = sorted(records.records, key=lambda r: r.image_id)
+    if cohort.n_images is not None and cohort.n_images < len(ordered):
+        chosen = np.random.default_rng(cohort.seed).choice(len(ordered), size=cohort.n_images, replace=False)
+        ordered = [ordered[i] for i in sorted(chosen)]
+    return [r.item for r in ordered]
+
+
+def splits_of(records: Manifest) -> dict[str, str]:
+    return {r.image_id: r.split for r in records.records}

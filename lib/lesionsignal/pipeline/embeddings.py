@@ -1,0 +1,139 @@
+"""The embeddings stage: every feature source over every panel cohort's detection set, clean and perturbed.
+
+The raw-pixel baselines and the encoders of the run go over each cohort together (each image decoded and perturbed
+once for all of them) through the one extraction engine; once every unit exists (all shards), one file per
+(source, cohort, condition) is assembled in the stage's folder for the probes and the separation measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from lesionsignal.config.params import Analysis, EncoderParams, Params
+from lesionsignal.core.cache import Store
+from lesionsignal.features.encoder import load_encoder
+from lesionsignal.features.extraction import (
+    ExtractionReport,
+    Plan,
+    assemble_panel,
+    describe_files,
+    panel_plan,
+    run_extraction,
+    unit_store,
+)
+from lesionsignal.features.pools import EncoderFeatures, FeatureSource, RawPixels
+from lesionsignal.features.registry import resolve_spec
+from lesionsignal.pipeline.cohorts import detection_items, manifests
+from lesionsignal.pipeline.stage import Run, StageName, write_output
+from lesionsignal.stimuli.panel import Condition, panel
+from lesionsignal.stimuli.placement import Placement
+
+SUMMARY = "summary.json"  # per (source, cohort): conditions, rows, vector width, units of the stored vectors
+TIMING = "timing.json"  # the same rows with the time, rate and cache use of the execution that made them
+RAW_LABEL = "raw pixels (64 x 64 global, 32 x 32 oracle window)"
+# The first columns of the summary depend on the parameters only; the rest describe one execution.
+STABLE_COLUMNS = ["source", "label", "cohort", "conditions", "rows_per_condition", "dimension", "units"]
+
+
+def placement(params: Params) -> Placement:
+    return Placement(params.panel.canvas_size, params.panel.margin, params.panel.base_seed)
+
+
+def conditions(params: Params) -> list[Condition]:
+    return panel(params.panel.conditions)
+
+
+def device_for(params: Params) -> str:
+    import torch
+
+    wanted = params.extraction.device
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{params.source}: extraction.device is cuda but no CUDA device is available")
+    return wanted
+
+
+def encoder_source(entry: EncoderParams, device: str) -> EncoderFeatures:
+    import torch
+
+    spec = resolve_spec(entry.id, source=entry.source, revision=entry.revision)
+    dtype = getattr(torch, entry.dtype)
+    if device == "cpu" and dtype is not torch.float32:
+        dtype = torch.float32  # half precision is a GPU setting; the vectors are keyed by the dtype actually used
+    encoder = load_encoder(spec, device=device, dtype=dtype, seed=entry.seed)
+    return EncoderFeatures(encoder, batch_size=entry.batch_size, seed=entry.seed)
+
+
+def source_ids(params: Params) -> list[str]:
+    """Every feature source of the panel: the raw-pixel baseline, then the encoders in parameter order."""
+    return [RawPixels().source_id, *[e.id for e in params.encoders]]
+
+
+def folder(run: Run, source_id: str, cohort: str) -> Path:
+    return run.catalog.stage(StageName.EMBEDDINGS) / source_id / cohort
+
+
+def embedding_file(run: Run, source_id: str, cohort: str, condition: str) -> Path:
+    """One assembled file: image ids, boxes, and clean_* / perturbed_* pools (``clean``: the clean pools only)."""
+    return folder(run, source_id, cohort) / f"{condition}.npz"
+
+
+def _summary(reports: Sequence[ExtractionReport], files: dict, labels: dict[str, str]) -> pd.DataFrame:
+    rows = []
+    for report in reports:
+        shapes = describe_files(files.get((report.source_id, report.cohort), {}))
+        rows.append(
+            {
+                "source": report.source_id,
+                "label": labels.get(report.source_id, report.source_id),
+                "cohort": report.cohort,
+                "conditions": max(len(shapes) - 1, 0),
+                "rows_per_condition": shapes[0][1] if shapes else 0,
+                "dimension": max((s[2] for s in shapes), default=0),
+                "units": report.units_total,
+                "cache_hits": report.units_cached,
+                "computed": report.units_computed,
+                "seconds": round(report.seconds, 1),
+                "images_per_second": round(report.images_per_second, 1) if report.images_encoded else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def extract(run: Run, jobs: Sequence[tuple[FeatureSource, Plan]], store: Store) -> list[ExtractionReport]:
+    """The engine over ``jobs`` with the run's shard, workers and progress settings."""
+    settings = run.params.extraction
+    shard = (settings.shard_index, settings.shard_count)
+    return run_extraction(jobs, store, shard=shard, workers=settings.workers, progress=run.progress)
+
+
+def compute(run: Run) -> bool:
+    params = run.params
+    store = unit_store(run.catalog.units)
+    device = device_for(params)
+    sources: list[FeatureSource] = [RawPixels(), *[encoder_source(e, device) for e in params.encoders]]
+    labels = {RawPixels().source_id: RAW_LABEL, **{e.id: resolve_spec(e.id).label for e in params.encoders}}
+    chosen = conditions(params)
+    reports, files, complete = [], {}, True
+    for name, records in manifests(run, Analysis.PANEL).items():
+        items = detection_items(records, params.cohort(name))
+        jobs = [
+            (s, panel_plan(store, s, name, items, chosen, placement(params), params.extraction.chunk_size))
+            for s in sources
+        ]
+        done = extract(run, jobs, store)
+        reports += done
+        for (source, plan), report in zip(jobs, done, strict=True):
+            if report.complete:
+                target = folder(run, source.source_id, name)
+                files[(source.source_id, name)] = assemble_panel(source, plan, store, target)
+            complete &= report.complete
+    summary = _summary(reports, files, labels)
+    write_output(run, StageName.EMBEDDINGS, TIMING, summary)
+    if complete:
+        write_output(run, StageName.EMBEDDINGS, SUMMARY, summary[STABLE_COLUMNS])
+    return complete

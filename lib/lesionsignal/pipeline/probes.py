@@ -1,0 +1,141 @@
+"""The probes stage: every detection probe, the fine-tuned CNN ceiling, and the disease probes and protocol.
+
+Inputs are the embeddings stage's files and the cohorts stage's manifests, only read. One probe per (source,
+cohort, condition, pool), cached by content (embedding bytes, splits, probe settings, probe code); the fine-tuned
+CNN per (cohort, condition, view); the disease probes (T2) on clean CLS vectors and the same probes scoring the
+perturbed twins (T9). The results go to the stage's folder as one long frame per kind, which sections 03, 05 and
+06 read.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from lesionsignal.analysis.detection import file_cells, probe_store, run_files_cached
+from lesionsignal.analysis.disease import run_disease
+from lesionsignal.analysis.finetune import FinetuneConfig, default_cells, finetune_store, run_finetune, study_config
+from lesionsignal.analysis.probe import ProbeConfig, Solver
+from lesionsignal.config.params import Analysis, Params, ProbeParams
+from lesionsignal.core.files import array_names, load_arrays
+from lesionsignal.core.kinds import Pool
+from lesionsignal.core.parallel import one_thread
+from lesionsignal.paper.registry import T9_CONDITIONS
+from lesionsignal.pipeline.cohorts import detection_items, manifests, splits_of
+from lesionsignal.pipeline.embeddings import conditions, device_for, embedding_file, placement, source_ids
+from lesionsignal.pipeline.stage import Run, StageName, write_output
+
+DETECTION = "detection.json"  # every detection probe and the fine-tuned CNN's rows (RESULT_COLUMNS)
+FINETUNE = "finetune.json"  # the fine-tuned CNN's rows with where its weights came from (empty: not run)
+T2 = "t2.json"
+T9 = "t9.json"
+DISEASE_SKIPPED = "disease_skipped.json"
+TIMING = "timing.json"
+
+
+def probe_config(settings: ProbeParams, device: str = "cpu") -> ProbeConfig:
+    """The probe as the run's parameters set it."""
+    return ProbeConfig(
+        c_grid=tuple(settings.c_grid),
+        folds=settings.folds,
+        seed=settings.seed,
+        max_iter=settings.max_iter,
+        solver=Solver(settings.solver),
+        device=device,
+    )
+
+
+def finetune_config(params: Params) -> FinetuneConfig:
+    """The study's ResNet-50 at 224 px; on demo and smoke runs a small CNN that trains from scratch on CPU."""
+    device = device_for(params)
+    settings = params.probe
+    if params.run.comparable_with_paper:
+        return study_config(settings.cnn_epochs, settings.seed, settings.n_boot, device)
+    return FinetuneConfig(epochs=settings.cnn_epochs, seed=settings.seed, n_boot=settings.n_boot, device=device)
+
+
+def _detection(run: Run, timings: list[dict]) -> pd.DataFrame:
+    params = run.params
+    started = time.perf_counter()
+    splits = {name: splits_of(m) for name, m in manifests(run, Analysis.PANEL).items()}
+    files = []
+    for source in source_ids(params):
+        for cohort in splits:
+            for condition in conditions(params):
+                path = embedding_file(run, source, cohort, condition.name)
+                files.append((path, file_cells(source, cohort, condition.name, array_names(path))))
+    store = probe_store(run.catalog.probe_results)
+    done = run_files_cached(
+        files, splits, probe_config(params.probe), params.probe.n_boot, store, params.probe.workers, run.progress
+    )
+    step = {"step": "detection probes", "seconds": time.perf_counter() - started}
+    timings.append({**step, "probed": done.files_probed, "reused": done.files_reused, "probes": len(done.results)})
+    return done.results
+
+
+def _finetuned(run: Run, timings: list[dict]) -> pd.DataFrame:
+    params = run.params
+    cells = default_cells(conditions(params))
+    if not params.probe.finetuned_cnn or not cells:
+        return pd.DataFrame()
+    config = finetune_config(params)
+    store = finetune_store(run.catalog.finetune_results)
+    runs = []
+    for name, records in manifests(run, Analysis.PANEL).items():
+        items = detection_items(records, params.cohort(name))
+        splits = splits_of(records)
+        done = run_finetune(items, splits, name, cells, placement(params), config, store, params.probe.workers)
+        runs.append(done.results)
+        step = {"step": f"fine-tuned CNN {name}", "seconds": done.seconds, "probed": done.trained}
+        timings.append({**step, "reused": done.reused, "probes": len(done.results)})
+    return pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
+
+
+def _disease(run: Run, timings: list[dict]) -> None:
+    params = run.params
+    started = time.perf_counter()
+    panel_cohorts = manifests(run, Analysis.PANEL)
+    # Disease cohorts without panel embeddings have nothing to probe; section 03 lists them.
+    cohorts = {c.name: panel_cohorts[c.name] for c in params.cohorts_for(Analysis.DISEASE) if c.name in panel_cohorts}
+    present = [c.name for c in conditions(params)]
+
+    def load_clean(model: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+        arrays = load_arrays(embedding_file(run, model, dataset, "clean"), ("image_ids", str(Pool.CLS)))
+        return arrays["image_ids"], arrays[str(Pool.CLS)]
+
+    def load_perturbed(model: str, dataset: str, condition: str) -> tuple[np.ndarray, np.ndarray]:
+        arrays = load_arrays(embedding_file(run, model, dataset, condition), ("image_ids", f"perturbed_{Pool.CLS}"))
+        return arrays["image_ids"], arrays[f"perturbed_{Pool.CLS}"]
+
+    # One thread, as in the worker processes of the detection probes: the numbers do not depend on the core count.
+    with one_thread():
+        results = run_disease(
+            [e.id for e in params.encoders],
+            cohorts,
+            [c for c in T9_CONDITIONS if c in present],
+            load_clean,
+            load_perturbed,
+            probe_config(params.probe),
+            params.probe.n_boot,
+            params.probe.alpha,
+            paired_n_boot=params.probe.paired_n_boot,
+        )
+    write_output(run, StageName.PROBES, T2, results.t2)
+    write_output(run, StageName.PROBES, T9, results.t9)
+    write_output(run, StageName.PROBES, DISEASE_SKIPPED, results.skipped)
+    timings.append({"step": "disease probes", "seconds": time.perf_counter() - started, "probes": len(results.t2)})
+
+
+def compute(run: Run) -> bool:
+    timings: list[dict] = []
+    results = _detection(run, timings)
+    finetuned = _finetuned(run, timings)
+    write_output(run, StageName.PROBES, FINETUNE, finetuned)
+    if not finetuned.empty:
+        results = pd.concat([results, finetuned.drop(columns=["weights"])], ignore_index=True)
+    write_output(run, StageName.PROBES, DETECTION, results)
+    _disease(run, timings)
+    write_output(run, StageName.PROBES, TIMING, pd.DataFrame(timings))
+    return True

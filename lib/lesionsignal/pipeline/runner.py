@@ -1,0 +1,199 @@
+"""Execute the numbered jupytext notebooks with papermill into the reports folder, never over their sources.
+
+``python -m lesionsignal.pipeline.runner --params params/demo.yaml`` runs every notebook in order;
+``--only 01`` re-runs one section from whatever its upstream notebooks left in the caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lesionsignal.config.params import Params, load_params, project_root
+from lesionsignal.core.digests import PACKAGE_ROOT
+from lesionsignal.core.files import atomic_write_text
+from lesionsignal.paper.outputs import write_index
+from lesionsignal.pipeline.catalog import Catalog
+
+KERNEL = "lesionsignal"
+_NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
+
+
+@dataclass(frozen=True)
+class Section:
+    number: str
+    source: Path
+
+    @property
+    def stem(self) -> str:
+        return self.source.stem
+
+
+def sections(notebooks: Path) -> list[Section]:
+    """The numbered notebooks (``NN_name.py``) in order."""
+    found = [Section(m.group(1), p) for p in sorted(notebooks.glob("*.py")) if (m := _NOTEBOOK.match(p.name))]
+    numbers = [s.number for s in found]
+    duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{notebooks}: more than one notebook numbered {', '.join(duplicates)}")
+    return found
+
+
+def select(all_sections: list[Section], only: str | None) -> list[Section]:
+    if not only:
+        return all_sections
+    wanted = only.zfill(2)
+    chosen = [s for s in all_sections if s.number == wanted]
+    if not chosen:
+        known = ", ".join(s.number for s in all_sections)
+        raise ValueError(f"no notebook numbered {wanted!r} (have: {known})")
+    return chosen
+
+
+def kernel_name() -> str:
+    """The project's kernel when installed (``make setup``), else the running interpreter's python3 kernel."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def execute(section: Section, params_file: Path, params: Params, root: Path, html: bool = True) -> Path:
+    """Convert a percent-format notebook to ipynb, run it with papermill, and export HTML beside it."""
+    import jupytext
+    import nbformat
+    import papermill
+
+    out_dir = Catalog(params, root).reports
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebook = jupytext.read(section.source)
+    kernel = kernel_name()
+    notebook.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    # A private input file per execution: two runs of one section (two terminals, parallel tests) must not collide.
+    handle, name = tempfile.mkstemp(dir=out_dir, prefix=f".{section.stem}.", suffix=".source.ipynb")
+    os.close(handle)
+    source_ipynb = Path(name)
+    nbformat.write(notebook, source_ipynb)
+    target = out_dir / f"{section.stem}.ipynb"
+    try:
+        # Papermill runs the kernel in the project root so relative paths in params mean the same as under make.
+        papermill.execute_notebook(
+            str(source_ipynb),
+            str(target),
+            parameters={"params_file": os.path.relpath(params_file.resolve(), root)},
+            kernel_name=kernel,
+            cwd=str(root),
+            progress_bar=False,
+            log_output=True,  # the notebook's own progress bars and messages reach the terminal running make
+        )
+    finally:
+        source_ipynb.unlink(missing_ok=True)
+    if html:
+        _export_html(target)
+    return target
+
+
+def section_key(section: Section, params: Params, root: Path) -> str:
+    """What a section's results depend on: its notebook, the run's parameters, the package's code and the data.
+
+    Upstream sections are covered through the same three inputs: their caches are content-keyed on them too.
+    """
+    digest = hashlib.sha256()
+    digest.update(section.source.read_bytes())
+    digest.update(params.digest().encode())
+    for path in sorted(PACKAGE_ROOT.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".csv"}:
+            digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + path.read_bytes())
+    provenance = Catalog(params, root).data_cache / "provenance.json"
+    if provenance.is_file():
+        digest.update(provenance.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp_path(section: Section, params: Params, root: Path) -> Path:
+    return Catalog(params, root).reports / "stamps" / f"{section.stem}.json"
+
+
+def _output_hashes(section: Section, params: Params, root: Path) -> dict[str, str] | None:
+    """sha256 of every file the section's last execution logged, or None when the log or a file is missing."""
+    log = Catalog(params, root).reports / "outputs" / f"{section.stem}.json"
+    if not log.is_file():
+        return None
+    hashes = {}
+    for entry in json.loads(log.read_text())["outputs"]:
+        base = root / entry["path"]
+        companions = (".csv", ".md", ".tex") if entry["kind"] == "table" else (".png", ".pdf")
+        for suffix in companions:
+            path = base.with_suffix(suffix)
+            if not path.is_file():
+                return None
+            hashes[os.path.relpath(path, root)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def up_to_date(section: Section, params: Params, root: Path) -> bool:
+    """True when the section ran with these inputs and every table and figure it wrote is still there, unchanged."""
+    stamp = _stamp_path(section, params, root)
+    if not stamp.is_file():
+        return False
+    recorded = json.loads(stamp.read_text())
+    executed = Catalog(params, root).reports / f"{section.stem}.ipynb"
+    return (
+        executed.is_file()
+        and recorded.get("key") == section_key(section, params, root)
+        and recorded.get("outputs") == _output_hashes(section, params, root)
+    )
+
+
+def write_stamp(section: Section, params: Params, root: Path) -> None:
+    payload = {"key": section_key(section, params, root), "outputs": _output_hashes(section, params, root)}
+    atomic_write_text(_stamp_path(section, params, root), json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def _export_html(notebook_path: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    target = notebook_path.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True, type=Path)
+    parser.add_argument("--only", help="two-digit section number to run alone")
+    parser.add_argument("--notebooks", type=Path, default=None)
+    parser.add_argument("--no-html", action="store_true")
+    parser.add_argument("--force", action="store_true", help="execute even the sections that are up to date")
+    args = parser.parse_args(argv)
+    root = project_root()
+    params = load_params(args.params)
+    chosen = select(sections(args.notebooks or root / "notebooks"), args.only)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # A section asked for by number always runs (a reviewer re-executing it); a full run skips what is up to date.
+    force = args.force or bool(args.only)
+    for section in chosen:
+        if not force and up_to_date(section, params, root):
+            print(f"[{params.name}] {section.source.name} is up to date (same notebook, params, code and data)")
+            continue
+        started = time.perf_counter()
+        print(f"[{params.name}] running {section.source.name} ...", flush=True)
+        target = execute(section, args.params, params, root, html=not args.no_html)
+        write_stamp(section, params, root)
+        print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {target}")
+    index = write_index(params.label, Catalog(params, root).reports, root)
+    print(f"[{params.name}] index of tables and figures: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

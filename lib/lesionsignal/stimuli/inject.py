@@ -1,0 +1,238 @@
+"""Drawing a condition into a canvas: kernels, masks, the five families, and ``apply`` (placement + injection).
+
+``apply`` returns a new canvas (the input is never modified) and the patch box.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from lesionsignal.core.box import Box
+from lesionsignal.stimuli.panel import (
+    GRAY_CLIP,
+    GRAY_HALF_RANGE,
+    Condition,
+    Family,
+    PanelError,
+    Shape,
+    get_condition,
+)
+from lesionsignal.stimuli.placement import place
+
+
+def line_kernel(length: int, angle_deg: float) -> np.ndarray:
+    """L x L float64 kernel: ones at [round(c - t sin th), round(c + t cos th)], t in linspace(-c, c, L).
+
+    c = (L - 1) / 2; rows grow downwards, so 90 deg is a vertical line and 0 deg a horizontal one. Rounding is
+    numpy's (half to even, symmetric about c). Cells hit by more than one t count once; the kernel is then
+    normalised to sum 1.
+    """
+    if length < 1 or length % 2 == 0:
+        raise PanelError(f"line kernel length must be odd and >= 1, got {length}")
+    if not math.isfinite(angle_deg):
+        raise PanelError(f"line kernel angle must be finite, got {angle_deg}")
+    c = (length - 1) / 2
+    t = np.linspace(-c, c, length)
+    theta = math.radians(angle_deg)
+    rows = np.round(c - t * math.sin(theta)).astype(np.intp)
+    cols = np.round(c + t * math.cos(theta)).astype(np.intp)
+    kernel = np.zeros((length, length), dtype=np.float64)
+    kernel[rows, cols] = 1.0
+    return kernel / kernel.sum()
+
+
+def circle_mask(patch: int, radius: float) -> np.ndarray:
+    """Pixels whose centres lie within `radius` (inclusive) of the box centre ((P - 1) / 2, (P - 1) / 2)."""
+    offsets = np.arange(patch) - (patch - 1) / 2
+    return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
+
+
+def diagonal_mask(patch: int, anti: bool) -> np.ndarray:
+    """One pixel per row and column: the main diagonal, or the anti-diagonal when `anti`."""
+    mask = np.eye(patch, dtype=bool)
+    return mask[:, ::-1] if anti else mask
+
+
+def gray_range(mode: int) -> tuple[int, int]:
+    """Inclusive gray range [mode - 20, mode + 20] clipped to [20, 235] (never empty for a uint8 mode)."""
+    lo, hi = GRAY_CLIP
+    return int(np.clip(mode - GRAY_HALF_RANGE, lo, hi)), int(np.clip(mode + GRAY_HALF_RANGE, lo, hi))
+
+
+def patch_mode(patch: np.ndarray) -> int:
+    """Most frequent uint8 value; ties go to the smallest value (argmax returns the first maximum)."""
+    return int(np.bincount(patch.ravel(), minlength=256).argmax())
+
+
+# ---------------------------------------------------------------- families
+
+
+def _geometric(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+    """Draw the pattern, then clip the whole P x P patch (not only the drawn pixels) to [20, 235].
+
+    Draw order on the shared generator: the gray level (S: one per pixel, row-major), then for a diagonal the
+    coin (0 = main, 1 = anti).
+    """
+    out = canvas.copy()
+    view = out[box.slices()]
+    lo, hi = gray_range(patch_mode(view))
+    if c.shape is Shape.SQUARE:
+        view[...] = rng.integers(lo, hi + 1, size=view.shape)
+    else:
+        gray = int(rng.integers(lo, hi + 1))
+        if c.shape is Shape.CIRCLE:
+            assert c.radius is not None
+            mask = circle_mask(c.patch, c.radius)
+        else:
+            mask = diagonal_mask(c.patch, anti=bool(rng.integers(0, 2)))
+        view[mask] = gray
+    np.clip(view, *GRAY_CLIP, out=view)
+    return out
+
+
+def _filter_patch(
+    canvas: np.ndarray, box: Box, radius: int, filter_fn: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Filter only the box plus `radius` px around it (crop clipped to the image) and paste the box back.
+
+    Inside the crop every box pixel's neighbourhood is real image; where the crop meets the image edge the
+    filter's border rule sees the same pixels as on the whole image, so the box equals whole-image filtering.
+    """
+    size_y, size_x = canvas.shape
+    y0, x0 = max(0, box.y1 - radius), max(0, box.x1 - radius)
+    y1, x1 = min(size_y, box.y2 + radius), min(size_x, box.x2 + radius)
+    # A contiguous copy: OpenCV must not treat the crop as a view into a larger image.
+    crop = np.ascontiguousarray(canvas[y0:y1, x0:x1])
+    filtered = filter_fn(crop)
+    out = canvas.copy()
+    out[box.slices()] = filtered[box.y1 - y0 : box.y2 - y0, box.x1 - x0 : box.x2 - x0]
+    return out
+
+
+def iso_blur_image(image: np.ndarray, c: Condition) -> np.ndarray:
+    """Whole-array Gaussian blur of the condition (OpenCV default border, reflect-101)."""
+    assert c.kernel is not None and c.sigma is not None
+    return cv2.GaussianBlur(image, (c.kernel, c.kernel), c.sigma)
+
+
+def directional_blur_image(image: np.ndarray, c: Condition) -> np.ndarray:
+    """Whole-array motion blur of the condition (cv2.filter2D, BORDER_REFLECT, same depth)."""
+    assert c.length is not None and c.angle_deg is not None
+    # OpenCV filters large kernels through a DFT whose float error depends on the array size; for the panel's
+    # straight lines the exact result k / L (L odd) is never x.5, so the rounded uint8 result does not depend
+    # on whether the whole image or a crop is filtered (tests/test_perturb.py checks this pixel for pixel).
+    return cv2.filter2D(image, -1, line_kernel(c.length, c.angle_deg), borderType=cv2.BORDER_REFLECT)
+
+
+def _iso_blur(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+    assert c.kernel is not None
+    return _filter_patch(canvas, box, c.kernel // 2, lambda crop: iso_blur_image(crop, c))
+
+
+def _directional_blur(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+    assert c.length is not None
+    return _filter_patch(canvas, box, c.length // 2, lambda crop: directional_blur_image(crop, c))
+
+
+def _add_texture(canvas: np.ndarray, box: Box, texture: np.ndarray, amplitude: float) -> np.ndarray:
+    """Add texture x patch mean x amplitude in float64, round half to even, clip to [0, 255]."""
+    out = canvas.copy()
+    patch = canvas[box.slices()].astype(np.float64)
+    added = patch + texture * patch.mean() * amplitude
+    out[box.slices()] = np.clip(np.rint(added), 0, 255).astype(np.uint8)
+    return out
+
+
+def reticular_grid(patch: int, period: int) -> np.ndarray:
+    """sin(2 pi x / T) + sin(2 pi y / T) over offsets 0..P-1, divided by its maximum absolute value."""
+    wave = np.sin(2 * np.pi * np.arange(patch) / period)
+    grid = wave[:, None] + wave[None, :]
+    peak = np.abs(grid).max()
+    # A period of 1 or 2 samples sin only at its zeros: there is no grid to scale.
+    if peak == 0:
+        raise PanelError(f"reticular period {period} px gives an all-zero grid on a {patch} px patch")
+    return grid / peak
+
+
+def ground_glass_bump(patch: int, sigma: float) -> np.ndarray:
+    """exp(-r^2 / (2 sigma^2)), r measured from the patch centre ((P - 1) / 2, (P - 1) / 2)."""
+    offsets = np.arange(patch) - (patch - 1) / 2
+    r2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
+    return np.exp(-r2 / (2 * sigma**2))
+
+
+def _reticular(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+    assert c.period is not None and c.amplitude is not None
+    return _add_texture(canvas, box, reticular_grid(c.patch, c.period), c.amplitude)
+
+
+def _ground_glass(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+    assert c.sigma is not None and c.amplitude is not None
+    return _add_texture(canvas, box, ground_glass_bump(c.patch, c.sigma), c.amplitude)
+
+
+_INJECTORS = types.MappingProxyType(
+    {
+        Family.GEOMETRIC: _geometric,
+        Family.ISO_BLUR: _iso_blur,
+        Family.DIRECTIONAL_BLUR: _directional_blur,
+        Family.RETICULAR: _reticular,
+        Family.GROUND_GLASS: _ground_glass,
+    }
+)
+
+
+def inject_at(canvas: np.ndarray, condition: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+    """Apply a condition at a given box, skipping placement; `rng` feeds the condition's own draws."""
+    if box.width != condition.patch or box.height != condition.patch:
+        raise PanelError(f"condition {condition.name!r} needs a {condition.patch} px box, got {box.as_tuple()}")
+    size_y, size_x = canvas.shape
+    if box.x1 < 0 or box.y1 < 0 or box.x2 > size_x or box.y2 > size_y:
+        raise PanelError(f"box {box.as_tuple()} lies outside the {size_y}x{size_x} canvas")
+    return _INJECTORS[condition.family](canvas, condition, box, rng)
+
+
+# ---------------------------------------------------------------- public entry point
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays with == has no single truth value
+class Perturbed:
+    image: np.ndarray
+    box: Box
+    condition: str
+
+
+def check_canvas(canvas: np.ndarray) -> None:
+    """A canvas is a 2-D, square, uint8 array."""
+    if not isinstance(canvas, np.ndarray):
+        raise PanelError(f"canvas must be a numpy array, got {type(canvas).__name__}")
+    if canvas.ndim != 2 or canvas.shape[0] != canvas.shape[1] or canvas.dtype != np.uint8:
+        raise PanelError(f"canvas must be a 2-D square uint8 array, got shape {canvas.shape} dtype {canvas.dtype}")
+
+
+def apply(
+    canvas: np.ndarray,
+    condition: Condition | str,
+    file_basename: str,
+    *,
+    margin: float = 0.15,
+    base_seed: int = 42,
+) -> Perturbed:
+    """Perturb one canvas with one condition at the image's seeded location; the input stays unchanged.
+
+    The generator that drew the location goes on to draw the condition's random values, so the whole result
+    is a function of (canvas, condition, basename, margin, base_seed).
+    """
+    cond = condition if isinstance(condition, Condition) else get_condition(condition)
+    check_canvas(canvas)
+    try:
+        box, rng = place(file_basename, cond.patch, canvas.shape[0], margin, base_seed)
+    except PanelError as err:
+        raise PanelError(f"canvas of shape {canvas.shape} dtype {canvas.dtype}: {err}") from None
+    return Perturbed(image=inject_at(canvas, cond, box, rng), box=box, condition=cond.name)
