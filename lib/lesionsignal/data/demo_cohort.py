@@ -1,6 +1,6 @@
 """The rendered demo cohort read into the common manifest: labels.csv, images/ and ChestX-Det10-style boxes.
 
-The folder is written by ``lesionsignal.demo.cohort``; it carries the three disease labels in labels.csv and its
+The folder is written by ``lesionsignal.demo.build``; it carries the three disease labels in labels.csv and its
 lesion boxes in train.json / test.json, the format of ChestX-Det10, so it exercises that reader's code path.
 """
 
