@@ -123,9 +123,9 @@ from lesionsignal.data.summary import box_size_summary, describe
 from lesionsignal.paper.cohort_figures import lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
 from lesionsignal.pipeline import cohorts
 from lesionsignal.pipeline.stage import StageName
-from lesionsignal.pipeline.stages import ensure
+from lesionsignal.pipeline.stages import require
 
-ensure(run, StageName.COHORTS)
+require(run, StageName.COHORTS)
 for cohort in params.cohorts:
     manifest = cohorts.manifest(run, cohort.name)
     counts = describe(manifest)

@@ -51,7 +51,7 @@ from lesionsignal.paper.registry import GEOMETRIC, PANEL_TABLES, POOLING_SLICE, 
 from lesionsignal.pipeline import probes
 from lesionsignal.pipeline.embeddings import conditions
 from lesionsignal.pipeline.stage import StageName, open_run, output
-from lesionsignal.pipeline.stages import ensure
+from lesionsignal.pipeline.stages import require
 
 run = open_run(params_file)
 params = run.params
@@ -70,7 +70,7 @@ if not params.run.comparable_with_paper:
 # parameters, it runs first, through the same code its own section runs.
 
 # %%
-ensure(run, StageName.PROBES)
+require(run, StageName.PROBES)
 present = [c.name for c in conditions(params)]
 results = output(run, StageName.PROBES, probes.DETECTION)
 print(f"{len(results)} probes; {len(present)} conditions: {', '.join(present)}")

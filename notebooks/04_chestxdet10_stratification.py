@@ -44,7 +44,7 @@ from lesionsignal.paper.reference import compare
 from lesionsignal.pipeline import lesions
 from lesionsignal.pipeline.embeddings import device_for
 from lesionsignal.pipeline.stage import StageName, open_run, output
-from lesionsignal.pipeline.stages import ensure
+from lesionsignal.pipeline.stages import require
 
 run = open_run(params_file)
 params = run.params
@@ -56,7 +56,7 @@ print(f"classes: {list(params.lesions.classes)}")
 print(f"negatives: {params.lesions.negatives_per_positive} per positive, placement {params.lesions.negative_placement}")
 if not cohorts:
     print("No cohort of this run is marked for the lesion analyses (uses: [lesions]); nothing to do.")
-ensure(run, StageName.LESIONS)
+require(run, StageName.LESIONS)
 
 # %% [markdown]
 # ## The design: rows decided from the manifest alone

@@ -41,7 +41,7 @@ from lesionsignal.paper.reference import compare
 from lesionsignal.pipeline import probes
 from lesionsignal.pipeline.embeddings import conditions
 from lesionsignal.pipeline.stage import StageName, open_run, output
-from lesionsignal.pipeline.stages import ensure
+from lesionsignal.pipeline.stages import require
 
 run = open_run(params_file)
 params = run.params
@@ -71,7 +71,7 @@ panel_table
 # conditions (running that stage first, through its own code, when it has not run for these parameters).
 
 # %%
-ensure(run, StageName.PROBES)
+require(run, StageName.PROBES)
 results = output(run, StageName.PROBES, probes.DETECTION)
 aucs = results.loc[results["model"].isin(models) & results["perturbation"].isin(coverage.present)]
 print(f"{len(aucs)} probe AUCs of {len(models)} encoder(s) over {len(coverage.present)} panel condition(s)")

@@ -41,7 +41,7 @@ from lesionsignal.paper.registry import UMAP_CONDITIONS
 from lesionsignal.pipeline import probes
 from lesionsignal.pipeline.embeddings import conditions, embedding_file
 from lesionsignal.pipeline.stage import StageName, open_run, output
-from lesionsignal.pipeline.stages import ensure
+from lesionsignal.pipeline.stages import require
 
 run = open_run(params_file)
 params = run.params
@@ -64,7 +64,7 @@ if not_extracted:
 # run for these parameters).
 
 # %%
-ensure(run, StageName.PROBES)
+require(run, StageName.PROBES)
 results = output(run, StageName.PROBES, probes.DETECTION)
 aucs = results.loc[results["model"].isin(models) & results["perturbation"].isin(measured)]
 print(f"{len(aucs)} probe AUCs of {len(models)} encoder(s) over {len(measured)} condition(s)")

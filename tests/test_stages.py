@@ -202,3 +202,16 @@ def test_editing_a_module_a_stage_imports_runs_it_again(tmp_path: Path, counted,
     with (package / "data" / "validation.py").open("a") as handle:
         handle.write("\n# imported by the cohorts stage\n")
     assert ensure(open_run(path), StageName.COHORTS) and counted["cohorts"] == 2
+
+
+def test_a_shard_leaves_later_stages_waiting_with_a_message_saying_why(tmp_path: Path) -> None:
+    from lesionsignal.pipeline.stage import StageIncomplete
+    from lesionsignal.pipeline.stages import require
+
+    shard = {"shard_index": 0, "shard_count": 2, "chunk_size": 1, "workers": 1}
+    path = _params(tmp_path, _nih(n_images=4), panel={"conditions": ["C1"]}, extraction=shard)
+    run = open_run(path, progress=False)
+    assert not ensure(run, StageName.EMBEDDINGS)  # this shard's units are done, the other shard's are not
+    assert not (run.catalog.stage(StageName.EMBEDDINGS) / "done.json").exists()
+    with pytest.raises(StageIncomplete, match="other shards are missing"):
+        require(run, StageName.PROBES)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TypeVar
 
@@ -69,8 +68,3 @@ def map_single_threaded(
             for future in futures:
                 future.cancel()
             raise
-
-
-def repeated(values: Iterable[str]) -> list[str]:
-    """Values occurring more than once, sorted (linear time: cohorts hold tens of thousands of ids)."""
-    return sorted(value for value, n in Counter(values).items() if n > 1)

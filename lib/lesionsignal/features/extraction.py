@@ -27,9 +27,9 @@ import numpy as np
 from lesionsignal.core.box import Box
 from lesionsignal.core.cache import ARRAYS, Store
 from lesionsignal.core.files import load_arrays, save_arrays
-from lesionsignal.core.parallel import repeated
 from lesionsignal.core.progress import progress_bar
 from lesionsignal.data.images import ImageItem, load_canvases
+from lesionsignal.data.manifest import repeats
 from lesionsignal.features.pools import FeatureSource
 from lesionsignal.stimuli.inject import apply
 from lesionsignal.stimuli.panel import Condition, panel
@@ -64,10 +64,6 @@ class Plan:
     placement: Placement
     units: tuple[Unit, ...]
 
-    @property
-    def n_images(self) -> int:
-        return sum(len(c) for c in self.chunks)
-
     def views(self) -> list[tuple[int, str]]:
         return [(u.chunk, u.name) for u in self.units]
 
@@ -83,7 +79,7 @@ def unit_store(folder: Path) -> Store[dict[str, np.ndarray]]:
 def _chunks(cohort: str, images: Sequence[ImageItem], chunk_size: int) -> tuple[tuple[ImageItem, ...], ...]:
     if not images:
         raise ExtractionError(f"cohort {cohort!r}: no images to extract")
-    duplicates = repeated(item.image_id for item in images)
+    duplicates = sorted(repeats(item.image_id for item in images))
     if duplicates:
         raise ExtractionError(f"cohort {cohort!r}: duplicate image ids {duplicates[:10]}")
     if chunk_size < 1:

@@ -68,6 +68,12 @@ def encoder_source(entry: EncoderParams, device: str) -> EncoderFeatures:
     return EncoderFeatures(encoder, batch_size=entry.batch_size, seed=entry.seed)
 
 
+def encoder_sources(params: Params) -> list[EncoderFeatures]:
+    """Every encoder of the run, loaded on the run's device."""
+    device = device_for(params)
+    return [encoder_source(entry, device) for entry in params.encoders]
+
+
 def source_ids(params: Params) -> list[str]:
     """Every feature source of the panel: the raw-pixel baseline, then the encoders in parameter order."""
     return [RawPixels().source_id, *[e.id for e in params.encoders]]
@@ -114,9 +120,9 @@ def extract(run: Run, jobs: Sequence[tuple[FeatureSource, Plan]], store: Store) 
 def compute(run: Run) -> bool:
     params = run.params
     store = unit_store(run.catalog.units)
-    device = device_for(params)
-    sources: list[FeatureSource] = [RawPixels(), *[encoder_source(e, device) for e in params.encoders]]
-    labels = {RawPixels().source_id: RAW_LABEL, **{e.id: resolve_spec(e.id).label for e in params.encoders}}
+    encoders = encoder_sources(params)
+    sources: list[FeatureSource] = [RawPixels(), *encoders]
+    labels = {RawPixels().source_id: RAW_LABEL, **{e.source_id: e.spec.label for e in encoders}}
     chosen = conditions(params)
     reports, files, complete = [], {}, True
     for name, records in manifests(run, Analysis.PANEL).items():

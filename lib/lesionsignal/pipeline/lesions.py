@@ -18,7 +18,7 @@ from lesionsignal.config.params import Analysis
 from lesionsignal.core.parallel import one_thread
 from lesionsignal.features.extraction import box_plan, read_features, unit_store
 from lesionsignal.pipeline.cohorts import manifests
-from lesionsignal.pipeline.embeddings import device_for, encoder_source, extract
+from lesionsignal.pipeline.embeddings import device_for, encoder_sources, extract
 from lesionsignal.pipeline.probes import probe_config
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 
@@ -37,7 +37,7 @@ def compute(run: Run) -> bool:
     config = probe_config(params.probe, device)
     store = unit_store(run.catalog.units)
     cohorts = manifests(run, Analysis.LESIONS)
-    sources = [encoder_source(entry, device) for entry in params.encoders] if cohorts else []
+    sources = encoder_sources(params) if cohorts else []
     designs, fits, skipped, excluded, paired, timings = [], [], [], [], [], []
     complete = True
     for name, records in cohorts.items():
