@@ -30,7 +30,7 @@ def _frame() -> pd.DataFrame:
 
 
 def test_table_formats_label_and_log(outputs: Outputs, tmp_path: Path) -> None:
-    csv = outputs.table(_frame(), "t1", "A test table")
+    csv = outputs.table(_frame(), "t1", "A test table").path
     text = csv.read_text()
     assert text.splitlines()[0] == "model,auc,n,run"
     assert "0.1235" in text and ",smoke" in text
@@ -43,8 +43,8 @@ def test_table_formats_label_and_log(outputs: Outputs, tmp_path: Path) -> None:
 
 
 def test_table_bytes_are_deterministic(outputs: Outputs) -> None:
-    first = outputs.table(_frame(), "t2", "x").read_bytes()
-    second = outputs.table(_frame(), "t2", "x").read_bytes()
+    first = outputs.table(_frame(), "t2", "x").path.read_bytes()
+    second = outputs.table(_frame(), "t2", "x").path.read_bytes()
     assert first == second
     assert len(json.loads(outputs.log_path.read_text())["outputs"]) == 1  # rewriting replaces the log entry
 
@@ -58,7 +58,7 @@ def test_figure_png_and_pdf_deterministic(outputs: Outputs) -> None:
     def draw() -> bytes:
         fig, ax = plt.subplots(figsize=(2, 2))
         ax.plot([0, 1], [1, 0])
-        png = outputs.figure(fig, "f1", "A test figure")
+        png = outputs.figure(fig, "f1", "A test figure").path
         return png.read_bytes() + png.with_suffix(".pdf").read_bytes()
 
     assert draw() == draw()
@@ -92,6 +92,6 @@ def test_figure_made_without_pyplot_is_labelled_and_saved(outputs: Outputs) -> N
 
     fig = Figure(figsize=(2, 2))
     fig.add_subplot().plot([0, 1], [0, 1])
-    png = outputs.figure(fig, "f2", "no pyplot")
+    png = outputs.figure(fig, "f2", "no pyplot").path
     assert png.is_file() and png.with_suffix(".pdf").is_file()
     assert any("SMOKE run" in t.get_text() for t in fig.texts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -321,14 +322,43 @@ _NOT_RESULTS: dict[str, tuple[str, ...]] = {
 }
 
 
+ROOT_VARIABLE = "LESIONSIGNAL_ROOT"
+
+
+def _is_project(folder: Path) -> bool:
+    candidate = folder / "pyproject.toml"
+    return candidate.is_file() and 'name = "lesionsignal"' in candidate.read_text()
+
+
+def _search_up(start: Path) -> Path | None:
+    here = start.resolve()
+    return next((folder for folder in (here, *here.parents) if _is_project(folder)), None)
+
+
 def project_root(start: Path | None = None) -> Path:
-    """The folder holding this project's pyproject.toml, searched upwards from ``start`` (default: cwd)."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file() and 'name = "lesionsignal"' in candidate.read_text():
-            return folder
-    raise FileNotFoundError(f"no lesionsignal project (pyproject.toml) found above {here}")
+    """The folder holding this project's pyproject.toml, wherever the process was started.
+
+    Searched upwards from ``start`` when given; otherwise ``$LESIONSIGNAL_ROOT``, then the checkout this package
+    is installed from (``make setup`` installs it editable), then the working directory. So a kernel started in
+    notebooks/, in the root, or in a temporary folder finds the same parameter files.
+    """
+    if start is not None:
+        found = _search_up(start)
+        if found is None:
+            raise FileNotFoundError(f"no lesionsignal project (pyproject.toml) found above {start}")
+        return found
+    override = os.environ.get(ROOT_VARIABLE)
+    if override:
+        if not _is_project(Path(override)):
+            raise FileNotFoundError(f"${ROOT_VARIABLE}={override} is not a lesionsignal project (no pyproject.toml)")
+        return Path(override).resolve()
+    found = _search_up(Path(__file__).parent) or _search_up(Path.cwd())
+    if found is None:
+        raise FileNotFoundError(
+            f"no lesionsignal project found above the package ({Path(__file__).parent}) or the working directory "
+            f"({Path.cwd()}); set ${ROOT_VARIABLE} to the checkout"
+        )
+    return found
 
 
 def load_params(path: str | Path) -> Params:

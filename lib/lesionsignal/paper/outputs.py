@@ -61,6 +61,69 @@ def frame_to_markdown(frame: pd.DataFrame, title: str = "", note: str = "") -> s
     return "\n".join(parts) + "\n"
 
 
+def frame_to_html(frame: pd.DataFrame, caption: str = "", note: str = "", max_rows: int | None = None) -> str:
+    """An HTML table with the same cell formatting as the CSV, for notebooks and the report site.
+
+    Numeric columns are right-aligned; with ``max_rows`` only the first rows are shown and the rest are counted.
+    """
+    import html
+
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    shown = frame if max_rows is None else frame.head(max_rows)
+    align = [" class='num'" if num else "" for num in numeric]
+    head = "".join(f"<th{a}>{html.escape(str(c))}</th>" for c, a in zip(frame.columns, align, strict=True))
+    body = []
+    for row in shown.itertuples(index=False):
+        cells = "".join(f"<td{a}>{html.escape(_cell(v))}</td>" for v, a in zip(row, align, strict=True))
+        body.append(f"<tr>{cells}</tr>")
+    parts = ["<table class='ls-table'>"]
+    if caption:
+        parts.append(f"<caption>{html.escape(caption)}</caption>")
+    parts += [f"<thead><tr>{head}</tr></thead>", "<tbody>", *body, "</tbody></table>"]
+    hidden = len(frame) - len(shown)
+    if hidden:
+        parts.append(f"<p class='ls-more'>… and {hidden} more rows ({len(frame)} in all) in the CSV.</p>")
+    if note:
+        parts.append(f"<p class='ls-note'><em>{html.escape(note)}</em></p>")
+    return "\n".join(parts) + "\n"
+
+
+# Rows a notebook shows of one table; the CSV and the report site hold them all.
+DISPLAY_ROWS = 40
+
+
+@dataclass(frozen=True)
+class WrittenTable:
+    """A table as written: displayed in a notebook as a formatted HTML table with its caption."""
+
+    name: str
+    caption: str
+    note: str
+    frame: pd.DataFrame
+    path: Path  # the CSV
+
+    def _repr_html_(self) -> str:
+        return frame_to_html(self.frame, f"{self.name}: {self.caption}", self.note, DISPLAY_ROWS)
+
+    def __repr__(self) -> str:
+        return f"table {self.name}: {self.caption} ({len(self.frame)} rows)"
+
+
+@dataclass(frozen=True)
+class WrittenFigure:
+    """A figure as written: displayed in a notebook as the very PNG the run saved."""
+
+    name: str
+    caption: str
+    path: Path  # the PNG
+
+    def _repr_png_(self) -> bytes:
+        return self.path.read_bytes()
+
+    def __repr__(self) -> str:
+        return f"figure {self.name}: {self.caption}"
+
+
 def _latex_escape(text: str) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
         text = text.replace(char, repl)
@@ -101,7 +164,7 @@ class Outputs:
     def log_path(self) -> Path:
         return self.reports_dir / "outputs" / f"{self.notebook}.json"
 
-    def table(self, frame: pd.DataFrame, name: str, caption: str) -> Path:
+    def table(self, frame: pd.DataFrame, name: str, caption: str) -> WrittenTable:
         """Write ``frame`` as CSV, Markdown and LaTeX; the run label travels with it (a column and the caption)."""
         if frame.empty:
             raise ValueError(f"table {name!r} is empty: refusing to write an empty result")
@@ -113,7 +176,7 @@ class Outputs:
         atomic_write_text(base.with_suffix(".md"), frame_to_markdown(frame, caption, self.label.text))
         atomic_write_text(base.with_suffix(".tex"), frame_to_latex(frame, full_caption, name))
         self._log("table", name, caption, base.with_suffix(".csv"))
-        return base.with_suffix(".csv")
+        return WrittenTable(name, caption, self.label.text, frame, base.with_suffix(".csv"))
 
     def run_log(self, frame: pd.DataFrame, name: str) -> Path:
         """Timings and cache use of this execution: kept beside the executed notebook, not among the paper's tables,
@@ -122,7 +185,7 @@ class Outputs:
         atomic_write_text(target, frame_to_csv(frame))
         return target
 
-    def figure(self, fig: object, name: str, caption: str) -> Path:
+    def figure(self, fig: object, name: str, caption: str) -> WrittenFigure:
         """Save a matplotlib figure as PNG and PDF, stamped with the run label when the run is not the study."""
         import matplotlib.pyplot as plt
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,7 +206,7 @@ class Outputs:
                 fig.savefig(handle, format=suffix[1:], dpi=self.dpi, metadata=meta, bbox_inches="tight")
         plt.close(fig)
         self._log("figure", name, caption, base.with_suffix(".png"))
-        return base.with_suffix(".png")
+        return WrittenFigure(name, caption, base.with_suffix(".png"))
 
     def _log(self, kind: str, name: str, caption: str, path: Path) -> None:
         entry = {"kind": kind, "name": name, "caption": caption, "path": os.path.relpath(path, self.root)}
