@@ -30,9 +30,10 @@ params_file = "params/demo.yaml"
 # inside the central region, so one film and one patch size put every perturbation type at the same place.
 
 # %%
-from pathlib import Path
+from IPython.display import display
 
 from lesionsignal.core.canvas import load_canvas
+from lesionsignal.core.validate import ParamsError
 from lesionsignal.data.registry import real_films
 from lesionsignal.pipeline.stage import open_run
 from lesionsignal.stimuli.gallery import differences_table, make_panel, plot_gallery
@@ -51,7 +52,7 @@ print(params.label.text)
 films = {film.film_id: film for film in real_films(run.catalog.data_cache)}
 missing = [f for f in params.gallery.films if f not in films]
 if missing:
-    raise KeyError(f"{params.source}: gallery.films names unknown films {missing}; known: {sorted(films)}")
+    raise ParamsError(params.source, "gallery.films", f"unknown films {missing}; known: {', '.join(sorted(films))}")
 canvases = {
     film_id: load_canvas(films[film_id].path, size=params.panel.canvas_size) for film_id in params.gallery.films
 }
@@ -64,8 +65,7 @@ print(f"{len(canvases)} films x {len(conditions)} conditions")
 
 # %%
 table = conditions_table(conditions, canvas_size=params.panel.canvas_size)
-outputs.table(table, "01_conditions", "Perturbation panel: conditions, patch size, area ratio and parameters")
-table
+display(outputs.table(table, "01_conditions", "Perturbation panel: conditions, patch size, area ratio and parameters"))
 
 # %% [markdown]
 # ## Gallery, one figure per family and film
@@ -92,7 +92,8 @@ for film_id, canvas in canvases.items():
         ]
         panels.extend(family_panels)
         fig = plot_gallery(family_panels, f"{family.value} on {film_id}")
-        outputs.figure(fig, f"01_gallery_{family.value}_{film_id}", f"Gallery: {family.value} conditions on {film_id}")
+        caption = f"Gallery: {family.value} conditions on {film_id}"
+        display(outputs.figure(fig, f"01_gallery_{family.value}_{film_id}", caption))
 
 # %% [markdown]
 # ## How much each condition changes the film
@@ -101,11 +102,7 @@ for film_id, canvas in canvases.items():
 
 # %%
 differences = differences_table(panels)
-outputs.table(differences, "01_gallery_differences", "Gray-level change made by each condition on each film")
-differences
-
-# %%
-print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
+display(outputs.table(differences, "01_gallery_differences", "Gray-level change made by each condition on each film"))
 
 # %% [markdown]
 # ## The cohorts
@@ -117,8 +114,6 @@ print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
 # with their boxes.
 
 # %%
-from IPython.display import display
-
 from lesionsignal.data.summary import box_size_summary, describe
 from lesionsignal.paper.cohort_figures import lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
 from lesionsignal.pipeline import cohorts
@@ -129,21 +124,19 @@ require(run, StageName.COHORTS)
 for cohort in params.cohorts:
     manifest = cohorts.manifest(run, cohort.name)
     counts = describe(manifest)
-    outputs.table(
-        counts, f"01_cohort_{cohort.name}_counts", f"Cohort {cohort.name}: images, patients and labels per split"
-    )
-    display(counts)
+    caption = f"Cohort {cohort.name}: images, patients and labels per split"
+    display(outputs.table(counts, f"01_cohort_{cohort.name}_counts", caption))
     if manifest.boxes_frame().empty:
         continue
     sizes = box_size_summary(manifest)
-    outputs.table(sizes, f"01_cohort_{cohort.name}_box_sizes", f"Cohort {cohort.name}: lesion box sizes per class")
-    display(sizes)
+    caption = f"Cohort {cohort.name}: lesion box sizes per class"
+    display(outputs.table(sizes, f"01_cohort_{cohort.name}_box_sizes", caption))
     versus = lesion_counts_vs_chestxdet10(manifest, params.lesions.classes)
-    outputs.table(
-        versus, f"01_cohort_{cohort.name}_vs_chestxdet10", f"Cohort {cohort.name}: boxes per class beside ChestX-Det10"
-    )
-    display(versus)
+    caption = f"Cohort {cohort.name}: boxes per class beside ChestX-Det10"
+    display(outputs.table(versus, f"01_cohort_{cohort.name}_vs_chestxdet10", caption))
     fig = plot_box_sizes(manifest, params.lesions.classes, f"Lesion box sizes, cohort {cohort.name}")
-    outputs.figure(fig, f"01_cohort_{cohort.name}_box_sizes", f"Lesion box sizes per class, cohort {cohort.name}")
+    caption = f"Lesion box sizes per class, cohort {cohort.name}"
+    display(outputs.figure(fig, f"01_cohort_{cohort.name}_box_sizes", caption))
     fig = plot_examples(manifest, n=8, seed=params.panel.base_seed, title=f"Example films, cohort {cohort.name}")
-    outputs.figure(fig, f"01_cohort_{cohort.name}_examples", f"Example films with lesion boxes, cohort {cohort.name}")
+    caption = f"Example films with lesion boxes, cohort {cohort.name}"
+    display(outputs.figure(fig, f"01_cohort_{cohort.name}_examples", caption))

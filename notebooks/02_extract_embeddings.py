@@ -30,6 +30,8 @@ params_file = "params/demo.yaml"
 # say nothing about the published models.
 
 # %%
+from IPython.display import display
+
 from lesionsignal.pipeline import embeddings
 from lesionsignal.pipeline.stage import StageName, open_run, output
 from lesionsignal.pipeline.stages import ensure
@@ -62,6 +64,7 @@ if not complete:
 timing = output(run, StageName.EMBEDDINGS, embeddings.TIMING)
 if complete:
     summary = output(run, StageName.EMBEDDINGS, embeddings.SUMMARY)
-    outputs.table(summary, "02_extraction_summary", "Embedding extraction: vectors stored per source and cohort")
+    caption = "Embedding extraction: vectors stored per source and cohort"
+    display(outputs.table(summary, "02_extraction_summary", caption))
 outputs.run_log(timing, "02_extraction_timing")
 timing

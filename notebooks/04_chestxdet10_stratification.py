@@ -33,8 +33,6 @@ params_file = "params/demo.yaml"
 # content (encoder, images and their box lists, code), so a re-run reads them back.
 
 # %%
-from pathlib import Path
-
 from IPython.display import display
 
 from lesionsignal.analysis.lesion_probes import FIT_COLUMNS, Level
@@ -65,9 +63,11 @@ require(run, StageName.LESIONS)
 
 # %%
 design_table = output(run, StageName.LESIONS, lesions.DESIGN)
-if not design_table.empty:
-    outputs.table(design_table, "04_design", "Lesion study design: images, boxes and size-matched negatives per class")
-design_table
+if design_table.empty:
+    print("no lesion cohort in this run: no design")
+else:
+    caption = "Lesion study design: images, boxes and size-matched negatives per class"
+    display(outputs.table(design_table, "04_design", caption))
 
 # %% [markdown]
 # ## One forward pass per image, pooled at the design's boxes
@@ -78,7 +78,8 @@ design_table
 # %%
 excluded = output(run, StageName.LESIONS, lesions.EXCLUDED)
 if not excluded.empty:
-    outputs.table(excluded, "04_excluded_rows", "Box-level rows an encoder could not pool (box outside its crop)")
+    caption = "Box-level rows an encoder could not pool (box outside its crop)"
+    display(outputs.table(excluded, "04_excluded_rows", caption))
 print(f"{len(excluded)} box-level rows excluded by encoder crops")
 
 # %% [markdown]
@@ -91,8 +92,8 @@ print(f"{len(excluded)} box-level rows excluded by encoder crops")
 results = output(run, StageName.LESIONS, lesions.FITS)[["cohort", *FIT_COLUMNS]]
 skipped_table = output(run, StageName.LESIONS, lesions.SKIPPED)
 if not skipped_table.empty:
-    outputs.table(skipped_table, "04_skipped", "Lesion-study probes that could not be fitted on this cohort, and why")
-    display(skipped_table)
+    caption = "Lesion-study probes that could not be fitted on this cohort, and why"
+    display(outputs.table(skipped_table, "04_skipped", caption))
 
 # %% [markdown]
 # ## T10: box-level AUC per pool
@@ -101,11 +102,13 @@ if not skipped_table.empty:
 # %%
 box_columns = ["cohort", "model", "lesion_class", "pool", "auc", "ci_low", "ci_high", "n_train", "n_test", "best_c"]
 box_level = results.loc[results["level"] == Level.BOX.value, box_columns].reset_index(drop=True)
-if not box_level.empty:
-    outputs.table(box_level, "04_T10_box_level", "T10: box-level probe AUC per pool and lesion class (95 % CI)")
+if box_level.empty:
+    print("no box-level probe in this run")
+else:
+    caption = "T10: box-level probe AUC per pool and lesion class (95 % CI)"
+    display(outputs.table(box_level, "04_T10_box_level", caption))
     figure = plot_pool_aucs(results, Level.BOX, "Box level: AUC by pool and lesion class")
-    outputs.figure(figure, "04_box_level_aucs", "Box-level AUC by pool, model and lesion class")
-box_level
+    display(outputs.figure(figure, "04_box_level_aucs", "Box-level AUC by pool, model and lesion class"))
 
 # %% [markdown]
 # ## S10: image-level AUC with small / large strata
@@ -116,11 +119,13 @@ image_level = results.loc[
     results["level"] == Level.IMAGE.value,
     ["cohort", "model", "lesion_class", "pool", "auc", "ci_low", "ci_high", *strata_columns, "n_test_positive"],
 ].reset_index(drop=True)
-if not image_level.empty:
-    outputs.table(image_level, "04_S10_image_level", "S10: image-level AUC and size strata at the median lesion area")
+if image_level.empty:
+    print("no image-level probe in this run")
+else:
+    caption = "S10: image-level AUC and size strata at the median lesion area"
+    display(outputs.table(image_level, "04_S10_image_level", caption))
     figure = plot_pool_aucs(results, Level.IMAGE, "Image level: AUC by pool and lesion class")
-    outputs.figure(figure, "04_image_level_aucs", "Image-level AUC by pool, model and lesion class")
-image_level
+    display(outputs.figure(figure, "04_image_level_aucs", "Image-level AUC by pool, model and lesion class"))
 
 # %% [markdown]
 # ## T11: stratum gaps per pool
@@ -130,13 +135,13 @@ image_level
 # %%
 gaps = results.loc[:, ["cohort", "level", "model", "lesion_class", "pool", *strata_columns]].reset_index(drop=True)
 if not gaps.empty:
-    outputs.table(gaps, "04_T11_stratum_gaps", "T11: AUC of small and large lesions and their gap, per pool")
+    caption = "T11: AUC of small and large lesions and their gap, per pool"
+    display(outputs.table(gaps, "04_T11_stratum_gaps", caption))
 if gaps["gap"].notna().any():
     figure = plot_stratum_gaps(results, "Stratum gap AUC(large) - AUC(small)")
-    outputs.figure(figure, "04_stratum_gaps", "Stratum gaps per pool, level and lesion class")
+    display(outputs.figure(figure, "04_stratum_gaps", "Stratum gaps per pool, level and lesion class"))
 else:
     print("No class has both a small and a large test stratum on this run: no gap figure.")
-gaps
 
 # %% [markdown]
 # ## S11: paired bootstrap, patch-local minus CLS (box level)
@@ -145,10 +150,11 @@ gaps
 
 # %%
 paired = output(run, StageName.LESIONS, lesions.PAIRED)
-if not paired.empty:
+if paired.empty:
+    print("no paired comparison in this run")
+else:
     caption = f"S11: patch-local minus CLS AUC, paired bootstrap ({params.lesions.n_boot} resamples), BH q-values"
-    outputs.table(paired, "04_S11_paired_local_vs_cls", caption)
-paired
+    display(outputs.table(paired, "04_S11_paired_local_vs_cls", caption))
 
 # %% [markdown]
 # ## Reported vs reproduced (study runs only)
@@ -162,9 +168,14 @@ elif not box_level.empty:
         side_by_side = compare(
             box_level.loc[box_level["cohort"] == name], "T10", ("model", "lesion_class", "pool"), "auc", params.run
         )
-        outputs.table(side_by_side, f"04_T10_reported_vs_reproduced_{name}", f"T10 reported vs reproduced ({name})")
-        display(side_by_side)
+        caption = f"T10 reported vs reproduced ({name})"
+        display(outputs.table(side_by_side, f"04_T10_reported_vs_reproduced_{name}", caption))
+
+# %% [markdown]
+# ## Time and cache use
+# Kept beside the executed notebook (reports/<run>/logs/), not among the tables: timings differ from run to run.
 
 # %%
-outputs.run_log(output(run, StageName.LESIONS, lesions.TIMING), "04_lesion_timing")
-print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
+timing = output(run, StageName.LESIONS, lesions.TIMING)
+outputs.run_log(timing, "04_lesion_timing")
+display(timing)

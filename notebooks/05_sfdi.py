@@ -30,12 +30,11 @@ params_file = "params/demo.yaml"
 # paper's index. The AUCs are section 03's probes, read from the output of its stage.
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 from IPython.display import display
 
 from lesionsignal.analysis import sfdi
+from lesionsignal.analysis.floors import sfdi_at_floor
 from lesionsignal.paper.figures import plot_sfdi_recovery
 from lesionsignal.paper.reference import compare
 from lesionsignal.pipeline import probes
@@ -60,10 +59,10 @@ print(f"SFDI panel: {coverage.label}")
 panel_table = pd.DataFrame(
     {"condition": list(coverage.wanted), "in_run": [name in coverage.present for name in coverage.wanted]}
 )
-outputs.table(panel_table, "05_sfdi_panel", f"SFDI panel conditions and whether this run has them: {coverage.label}")
+caption = f"SFDI panel conditions and whether this run has them: {coverage.label}"
+display(outputs.table(panel_table, "05_sfdi_panel", caption))
 if not coverage.present:
     print("None of the SFDI panel's conditions is in this run: no index can be computed; the section stops here.")
-panel_table
 
 # %% [markdown]
 # ## Inputs: the probe AUCs of section 03
@@ -85,12 +84,18 @@ print(f"{len(aucs)} probe AUCs of {len(models)} encoder(s) over {len(coverage.pr
 if coverage.present:
     table = sfdi.sfdi_report(aucs, coverage, by=("model", "dataset", "pool"))
     caption = f"T12: SFDI per encoder, cohort and pool over the {coverage.label}"
-    outputs.table(table, "05_T12_sfdi_all_pools", caption)
+    written = outputs.table(table, "05_T12_sfdi_all_pools", caption)
     cls_wide = table.loc[table["pool"] == "cls"].pivot(index="model", columns="dataset", values="sfdi")
     cls_wide = cls_wide.reindex(index=models).reset_index()
-    outputs.table(cls_wide, "05_T12_sfdi_cls", f"T12: SFDI of the CLS probe per encoder and cohort ({coverage.label})")
-    display(cls_wide)
-    display(table)
+    caption = f"T12: SFDI of the CLS probe per encoder and cohort ({coverage.label})"
+    display(outputs.table(cls_wide, "05_T12_sfdi_cls", caption))
+    display(written)
+    display(sfdi_at_floor(table))
+
+# %% [markdown]
+# SFDI's floor is 0.5, not 0: an index near 0.5 means the encoder's probe was at chance on (nearly) every
+# condition of the panel. On the demo run that is what the random-init demo encoders give (section 03 says why);
+# the figure below draws the bars from 0 with chance marked, so an index at the floor is a half-height bar.
 
 # %% [markdown]
 # ## SFDI beside patch-local recovery
@@ -101,13 +106,14 @@ if coverage.present:
 if coverage.present:
     recovery = sfdi.recovery_table(aucs, coverage.present)
     recovery["panel"] = f"{len(coverage.present)}/{len(coverage.wanted)}"
-    outputs.table(recovery, "05_patch_local_recovery", f"Patch-local recovery over the {coverage.label}")
+    written = outputs.table(recovery, "05_patch_local_recovery", f"Patch-local recovery over the {coverage.label}")
     means = table.loc[table["dataset"] == sfdi.MEAN_LABEL]
     figure = plot_sfdi_recovery(
         means, recovery.loc[recovery["dataset"] == sfdi.MEAN_LABEL], f"SFDI and patch-local recovery ({coverage.label})"
     )
-    outputs.figure(figure, "05_sfdi_recovery", f"SFDI per pool beside patch-local recovery ({coverage.label})")
-    display(recovery)
+    caption = f"SFDI per pool beside patch-local recovery ({coverage.label})"
+    display(outputs.figure(figure, "05_sfdi_recovery", caption))
+    display(written)
 
 # %% [markdown]
 # ## Reported vs reproduced (study runs with the full panel only)
@@ -120,8 +126,5 @@ elif not coverage.complete:
 else:
     reproduced = table.loc[table["pool"] == "cls", ["model", "dataset", "sfdi"]]
     side_by_side = compare(reproduced, "T12", ("model", "dataset"), "sfdi", params.run)
-    outputs.table(side_by_side, "05_T12_reported_vs_reproduced", "T12 (CLS SFDI): reported vs reproduced")
-    display(side_by_side)
-
-# %%
-print("written:", *[Path(e["path"]).name for e in outputs.written], sep="\n  ")
+    caption = "T12 (CLS SFDI): reported vs reproduced"
+    display(outputs.table(side_by_side, "05_T12_reported_vs_reproduced", caption))

@@ -1,13 +1,20 @@
-"""Shared fixtures: the project root, and smoke parameters whose outputs go to a temporary folder."""
+"""Shared fixtures: the project root, smoke parameters whose outputs go to a folder of their own, and the smoke run."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lesionsignal.config.params import load_params
+
 ROOT = Path(__file__).resolve().parents[1]
+# Test runs' outputs, inside the checkout so their paths are relative like a user's (.cache/ is ignored by git).
+TEST_RUNS = Path(".cache/test-runs")
 
 
 @pytest.fixture(scope="session")
@@ -16,17 +23,31 @@ def project_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """params/smoke.yaml with the run's outputs (stage outputs, tables, figures, reports) in one temporary folder
-    for the whole test session, so the notebooks hand their stages on as under `make paper`. The data cache and the
+def smoke_params_file() -> Iterator[Path]:
+    """params/smoke.yaml with the run's outputs (stage outputs, tables, figures, reports) in one folder of its own
+    for the whole test session, so the notebooks hand their stages on as under `make paper`. The folder is inside
+    the checkout (under the ignored .cache/) and every path in the file is relative, as in a user's parameter
+    file, so a test can check that no output carries the machine's folders. The data cache and the
     content-addressed caches stay the project's: the prepared CT and the smoke cohort are made once and reused by
     every notebook of the session (and by later sessions and `make paper`; their keys hold their code)."""
-    tmp_path = tmp_path_factory.mktemp("smoke")
+    (ROOT / TEST_RUNS).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=ROOT / TEST_RUNS))
+    relative = folder.relative_to(ROOT).as_posix()
     data = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     for key in ("work", "figures", "tables", "reports"):
-        data["paths"][key] = str(tmp_path / key)
-    for key in ("data_cache", "cache"):
-        data["paths"][key] = str(ROOT / data["paths"][key])
-    target = tmp_path / "smoke.yaml"
+        data["paths"][key] = f"{relative}/{key}"
+    target = folder / "smoke.yaml"
     target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
+    yield target
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_reports(smoke_params_file: Path) -> Path:
+    """Every notebook executed once on the smoke parameters through the runner, as `make paper` does; the
+    run's reports folder (executed notebooks, HTML pages, logs, the index page)."""
+    from lesionsignal.pipeline.catalog import Catalog
+    from lesionsignal.pipeline.runner import main
+
+    assert main(["--params", str(smoke_params_file)]) == 0
+    return Catalog(load_params(smoke_params_file), ROOT).reports

@@ -1,17 +1,28 @@
-"""Every numbered notebook executes on params/smoke.yaml (outputs under a temporary folder)."""
+"""Every numbered notebook executes on params/smoke.yaml, and its executed pages show what it makes.
+
+The smoke run (the ``smoke_reports`` fixture) executes all sections once through the runner, as `make paper` does;
+the tests then read the executed notebooks and their HTML pages as a reader would.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
 
+import nbformat
 import pytest
+import yaml
 
 from lesionsignal.config.params import load_params
-from lesionsignal.pipeline.runner import execute, sections, select
+from lesionsignal.pipeline.catalog import Catalog
+from lesionsignal.pipeline.runner import Section, kernel_name, sections, select
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = sections(ROOT / "notebooks")
+# A progress summary or a deliberate warning may take a line or two; a wall of bar updates may not.
+MAX_STDERR_LINES = 3
 
 
 def test_sections_are_numbered_and_unique() -> None:
@@ -31,36 +42,103 @@ def test_notebooks_start_with_a_parameters_cell() -> None:
         assert first.source.strip().startswith("params_file"), section.source.name
 
 
+def test_notebooks_cite_only_documents_of_the_repository() -> None:
+    for path in [*ROOT.joinpath("notebooks").glob("*.py"), ROOT / "README.md", *ROOT.joinpath("docs").glob("*.md")]:
+        text = path.read_text()
+        assert "../shared" not in text and "SPEC.md" not in text, path.name
+    for section in SECTIONS:
+        for cited in ("docs/PROTOCOL.md", "docs/ARCHITECTURE.md"):
+            if cited in section.source.read_text():
+                assert (ROOT / cited).is_file()
+
+
+def _log(reports: Path, section: Section) -> dict:
+    return json.loads((reports / "outputs" / f"{section.stem}.json").read_text())
+
+
+def _outputs(notebook: nbformat.NotebookNode) -> list[dict]:
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("section", SECTIONS, ids=[s.stem for s in SECTIONS])
-def test_notebook_executes_on_smoke_params(section, smoke_params_file: Path) -> None:
-    params = load_params(smoke_params_file)
-    executed = execute(section, smoke_params_file, params, ROOT, html=True)
+def test_executed_notebook_shows_every_table_and_figure_it_writes(section: Section, smoke_reports: Path) -> None:
+    executed = smoke_reports / f"{section.stem}.ipynb"
     assert executed.is_file() and executed.with_suffix(".html").is_file()
     assert (ROOT / "notebooks" / section.source.name).is_file()  # the source is never overwritten
-    log = json.loads((params.paths.reports / "smoke" / "outputs" / f"{section.stem}.json").read_text())
+    log = _log(smoke_reports, section)
     assert log["outputs"], f"{section.stem} wrote no table or figure"
     for entry in log["outputs"]:
         path = ROOT / entry["path"]
         assert path.is_file(), entry
+        companions = (".md", ".tex") if entry["kind"] == "table" else (".pdf",)
+        assert all(path.with_suffix(s).is_file() for s in companions), entry
+    outputs = _outputs(nbformat.read(executed, as_version=4))
+    figures = [e for e in log["outputs"] if e["kind"] == "figure"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= len(figures), f"{section.stem}: {len(figures)} figures written, {len(images)} shown"
+    shown_html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    for entry in log["outputs"]:
         if entry["kind"] == "table":
-            assert path.with_suffix(".md").is_file() and path.with_suffix(".tex").is_file()
-        else:
-            assert path.with_suffix(".pdf").is_file()
+            assert f"<caption>{entry['name']}: " in shown_html, f"{section.stem}: table {entry['name']} not shown"
 
 
 @pytest.mark.notebook
-def test_an_executed_section_is_up_to_date_until_an_output_changes(smoke_params_file: Path) -> None:
+@pytest.mark.parametrize("section", SECTIONS, ids=[s.stem for s in SECTIONS])
+def test_executed_notebook_has_no_stderr_wall_no_machine_path_and_one_parameters_cell(
+    section: Section, smoke_reports: Path
+) -> None:
+    executed = nbformat.read(smoke_reports / f"{section.stem}.ipynb", as_version=4)
+    stderr = [o for o in _outputs(executed) if o.get("name") == "stderr"]
+    lines = sum(len(o["text"].splitlines()) for o in stderr)
+    assert lines <= MAX_STDERR_LINES, f"{section.stem}: {lines} stderr lines: {stderr[:2]}"
+    html = (smoke_reports / f"{section.stem}.html").read_text()
+    assert str(ROOT) not in html and "/tmp/" not in html and str(Path.home()) + "/" not in html
+    for noise in ("IProgress", "TqdmWarning", "without encryption", "Traceback"):
+        assert noise not in html, f"{section.stem}: {noise!r} in the page"
+    assignments = re.findall(r'params_file</span>\s*<span class="o">=</span>', html)
+    assert len(assignments) == 1, f"{section.stem}: the parameters cell appears {len(assignments)} times"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("where", ["notebooks", "elsewhere"])
+def test_a_notebook_runs_from_notebooks_or_any_folder_with_the_same_parameters_cell(
+    where: str, smoke_params_file: Path, smoke_reports: Path, tmp_path: Path
+) -> None:
+    """JupyterLab starts kernels in notebooks/; papermill may start one anywhere. The parameters cell names the
+    file relative to the project root, and the notebook finds it from both."""
+    import jupytext
+    import papermill
+
+    section = next(s for s in SECTIONS if s.stem.startswith("05_"))
+    notebook = jupytext.read(section.source)
+    notebook.metadata["kernelspec"] = {"name": kernel_name(), "display_name": "k", "language": "python"}
+    source = tmp_path / "source.ipynb"
+    nbformat.write(notebook, source)
+    relative = smoke_params_file.relative_to(ROOT).as_posix()
+    cwd = ROOT / "notebooks" if where == "notebooks" else tmp_path
+    executed = papermill.execute_notebook(
+        str(source),
+        str(tmp_path / "executed.ipynb"),
+        parameters={"params_file": relative},
+        kernel_name=kernel_name(),
+        cwd=str(cwd),
+        progress_bar=False,
+    )
+    assert not any(o.get("output_type") == "error" for o in _outputs(executed))
+
+
+@pytest.mark.notebook
+def test_an_executed_section_is_up_to_date_until_an_output_changes(
+    smoke_params_file: Path, smoke_reports: Path
+) -> None:
     from lesionsignal.pipeline.runner import up_to_date, write_stamp
 
     params = load_params(smoke_params_file)
     section = SECTIONS[0]
-    if not (params.paths.reports / "smoke" / f"{section.stem}.ipynb").is_file():
-        execute(section, smoke_params_file, params, ROOT, html=False)
     write_stamp(section, params, ROOT)
     assert up_to_date(section, params, ROOT)
-    log = json.loads((params.paths.reports / "smoke" / "outputs" / f"{section.stem}.json").read_text())
-    table = ROOT / next(e["path"] for e in log["outputs"] if e["kind"] == "table")
+    table = ROOT / next(e["path"] for e in _log(smoke_reports, section)["outputs"] if e["kind"] == "table")
     original = table.read_bytes()
     table.write_bytes(original + b"tampered\n")
     try:
@@ -68,3 +146,71 @@ def test_an_executed_section_is_up_to_date_until_an_output_changes(smoke_params_
     finally:
         table.write_bytes(original)
     assert up_to_date(section, params, ROOT)
+
+
+def _params_with(tmp_folder: Path, change: dict) -> Path:
+    data = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    relative = tmp_folder.relative_to(ROOT).as_posix()
+    for key in ("work", "figures", "tables", "reports"):
+        data["paths"][key] = f"{relative}/{key}"
+    data.update(change)
+    target = tmp_folder / "params.yaml"
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+@pytest.fixture
+def run_folder(smoke_params_file: Path) -> Path:
+    """A folder of its own inside the session's run folder, so a test's parameters have relative paths."""
+    return Path(tempfile.mkdtemp(prefix="case-", dir=smoke_params_file.parent))
+
+
+def test_missing_input_files_stop_the_run_before_any_notebook_listing_them_all(
+    run_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lesionsignal.pipeline.runner import main
+
+    nih = {"name": "nih", "kind": "nih", "csv": "data/nih/Data_Entry_2017_v2020.csv", "image_dirs": ["data/nih/a"]}
+    det = {"name": "det", "kind": "chestxdet10", "train_json": "x/train.json", "test_json": "x/test.json", "root": "x"}
+    params = _params_with(run_folder, {"cohorts": [nih, det]})
+    assert main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ParamsError: ")
+    for missing in ("data/nih/Data_Entry_2017_v2020.csv", "data/nih/a", "x/train.json", "x/test.json"):
+        assert missing in err
+    assert "5 input file(s) missing" in err
+    assert not (run_folder / "reports").exists()  # stopped before the first notebook
+
+
+def test_a_typo_in_the_parameters_is_one_message_naming_file_and_key(
+    run_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lesionsignal.pipeline.stages import main
+
+    params = _params_with(run_folder, {"probe": {"n_bot": 10}})
+    assert main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    shown = params.relative_to(ROOT).as_posix()
+    assert err.splitlines()[0] == (
+        f"error: ParamsError: {shown}: probe.n_bot: unknown key; did you mean 'n_boot'? allowed here: alpha, "
+        "c_grid, cnn_epochs, finetuned_cnn, folds, max_iter, n_boot, n_perm, paired_n_boot, seed, solver, workers"
+    )
+    assert "Traceback" not in err
+    assert main(["--params", str(params), "--verbose"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.notebook
+def test_a_user_error_inside_a_notebook_ends_its_cell_with_one_message(
+    run_folder: Path, smoke_reports: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lesionsignal.pipeline.runner import main
+
+    params = _params_with(run_folder, {"gallery": {"films": ["no_such_film"]}})
+    assert main(["--params", str(params), "--only", "01", "--no-html"]) == 1
+    err = capsys.readouterr().err
+    assert "ParamsError" in err and "gallery.films" in err and "no_such_film" in err
+    executed = nbformat.read(Catalog(load_params(params), ROOT).reports / "01_perturbation_gallery.ipynb", 4)
+    errors = [o for o in _outputs(executed) if o.get("output_type") == "error"]
+    assert len(errors) == 1 and errors[0]["ename"] == "ParamsError"
+    assert len(errors[0]["traceback"]) == 2  # the message and how to see the traceback

@@ -20,6 +20,7 @@ from sklearn.metrics import silhouette_score
 
 from lesionsignal.core.files import load_arrays
 from lesionsignal.core.parallel import one_thread
+from lesionsignal.core.progress import widgetless_tqdm
 
 CLEAN = 0
 PERTURBED = 1
@@ -172,7 +173,8 @@ def umap_embedding(
         rows = np.arange(n)
     if rows.size <= n_neighbors:
         raise SeparationError(f"x: {rows.size} points is too few for n_neighbors={n_neighbors}")
-    import umap  # slow to import (numba): only the figures need it
+    with widgetless_tqdm():
+        import umap  # slow to import (numba): only the figures need it
 
     reducer = umap.UMAP(
         n_neighbors=n_neighbors,

@@ -288,7 +288,10 @@ class Params:
                     problems.append(f"cohorts[{i}].{key}: {path} does not exist")
         if problems:
             raise ParamsError(
-                self.source, problems[0].split(":")[0], "missing input files:\n  " + "\n  ".join(problems)
+                self.source,
+                problems[0].split(":")[0],
+                f"{len(problems)} input file(s) missing (relative paths start at the project root; correct them "
+                "in the parameter file or put the data there):\n  " + "\n  ".join(problems),
             )
 
     def digest(self) -> str:
@@ -361,21 +364,40 @@ def project_root(start: Path | None = None) -> Path:
     return found
 
 
+def shown_path(path: Path) -> str:
+    """A path as messages and logs show it: relative to the project root when inside it, so no output carries the
+    machine's folders; a path elsewhere (the user's data) as given."""
+    try:
+        root = project_root()
+    except FileNotFoundError:
+        return str(path)
+    absolute = path if path.is_absolute() else Path.cwd() / path
+    try:
+        return absolute.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def load_params(path: str | Path) -> Params:
     """Parse and validate a parameter file; any problem raises ParamsError naming the file and the key."""
     path = Path(path)
+    shown = shown_path(path)
     if not path.is_file():
-        raise ParamsError(path, "", "parameter file not found")
+        shipped = sorted(p.name for p in (path.parent.glob("*.yaml") if path.parent.is_dir() else ()))
+        others = f" (that folder has: {', '.join(shipped)})" if shipped else ""
+        raise ParamsError(
+            shown, "", f"parameter file not found{others}; a relative path is taken from the project root"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ParamsError(path, "", f"not valid YAML: {err}") from None
+        raise ParamsError(shown, "", f"not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ParamsError(path, "", "expected a mapping at the top level")
+        raise ParamsError(shown, "", "expected a mapping at the top level")
     if "source" in data:
-        raise ParamsError(path, "source", "reserved key (set from the file name)")
-    data = {**data, "source": str(path)}
-    return build(Params, data, source=path)
+        raise ParamsError(shown, "source", "reserved key (set from the file name)")
+    data = {**data, "source": shown}
+    return build(Params, data, source=shown)
 
 
 def resolve(params: Params, relative: Path, root: Path | None = None) -> Path:

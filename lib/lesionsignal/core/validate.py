@@ -7,16 +7,19 @@ only validation needed is structural (keys, types, enums, literals), which a sho
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from lesionsignal.core.errors import UserError
+
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A parameter file is wrong: the message names the file, the key and the reason."""
 
     def __init__(self, source: str | Path, key: str, reason: str) -> None:
@@ -126,7 +129,9 @@ def _dataclass(cls: type, value: Any, *, source: str | Path, key: str) -> Any:
     unknown = sorted(set(value) - set(fields))
     if unknown:
         where = f"{key}.{unknown[0]}" if key else str(unknown[0])
-        raise ParamsError(source, where, f"unknown key (allowed here: {', '.join(sorted(fields))})")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise ParamsError(source, where, f"unknown key; {guess}allowed here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, field in fields.items():
         sub = f"{key}.{name}" if key else name

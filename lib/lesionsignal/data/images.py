@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from lesionsignal.core.canvas import CanvasError, Window, load_canvas
+from lesionsignal.core.errors import UserError
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image of a cohort cannot be read; the message names the image and its file."""
 
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 import pandas as pd
 
 from lesionsignal.core.box import Box
+from lesionsignal.core.errors import UserError
 from lesionsignal.core.files import atomic_write_bytes
 from lesionsignal.data.images import ImageItem
 
@@ -54,7 +55,7 @@ class Problem:
         return f"{self.where}{name}: {self.reason}"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """Bad cohort data; the message names the source and every offending row (the first ``MAX_SHOWN``)."""
 
     def __init__(self, source: str | Path, problems: Sequence[Problem] | str) -> None:

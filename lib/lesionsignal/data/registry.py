@@ -23,6 +23,7 @@ from email.parser import HeaderParser
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from lesionsignal.core.errors import UserError
 from lesionsignal.core.files import atomic_write_bytes, sha256_file
 
 PROVENANCE = "provenance.json"
@@ -34,7 +35,7 @@ PAEDIATRIC_TARGET = "films/paediatric"
 _MAKE_DATA = "run `make data` (python -m lesionsignal.data.registry --cache <cache>) first"
 
 
-class RegistryDataError(ValueError):
+class RegistryDataError(UserError, ValueError):
     """A registry data file is missing, corrupt or does not match its pinned checksum."""
 
 

@@ -24,6 +24,7 @@ import scipy
 
 from lesionsignal.core.digests import code_digest, stable_digest
 from lesionsignal.core.files import atomic_write_text
+from lesionsignal.core.progress import progress_bar
 from lesionsignal.demo.config import DemoCohortConfig, output_digest, output_parameters
 from lesionsignal.demo.ct import CtSource, as_source
 from lesionsignal.demo.folder import GENERATOR, completed_images, finished_records, output_paths, start_build
@@ -110,12 +111,11 @@ def build_demo_cohort(
         todo = todo[: max(0, limit)]
     folder = prepared_store(cache).path(prepared.key)
     jobs = [RenderJob(p, folder, root, config.ctr_threshold, config.png_compression) for p in todo]
-    step = max(1, len(jobs) // 20)
-    for count, record in enumerate(run_jobs(jobs, config.workers), start=1):
+    bar = progress_bar(len(jobs), "demo cohort films rendered", "film", progress)
+    for record in run_jobs(jobs, config.workers):
         records[record.image_id] = record
-        if progress and (count % step == 0 or count == len(jobs)):
-            rate = count / max(time.perf_counter() - start, 1e-9)
-            print(f"demo cohort: {count}/{len(jobs)} films rendered ({rate:.2f}/s)", file=sys.stderr, flush=True)
+        bar.update(1)
+    bar.close()
     if len(records) < len(plans):
         return _result(root, len(records), len(jobs), False, start)
     ordered = [records[p.image_id] for p in plans]

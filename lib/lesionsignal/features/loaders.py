@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lesionsignal.core.progress import widgetless_tqdm
 from lesionsignal.core.torch_compat import ensure_torchvision
 from lesionsignal.features.geometry import Geometry, GeometryMismatch
 from lesionsignal.features.registry import (
@@ -31,7 +32,8 @@ _OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bi
 
 
 def _build_dinov2(spec: EncoderSpec) -> torch.nn.Module:
-    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+    with widgetless_tqdm():
+        from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     cfg = {**spec.config_dict, "patch_size": spec.geometry.patch, "image_size": spec.geometry.input_size}
     if cfg.get("num_register_tokens", 0):
@@ -40,14 +42,16 @@ def _build_dinov2(spec: EncoderSpec) -> torch.nn.Module:
 
 
 def _build_dinov3(spec: EncoderSpec) -> torch.nn.Module:
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    with widgetless_tqdm():
+        from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     cfg = {**spec.config_dict, "patch_size": spec.geometry.patch, "image_size": spec.geometry.input_size}
     return DINOv3ViTModel(DINOv3ViTConfig(**cfg))
 
 
 def _build_siglip(spec: EncoderSpec) -> torch.nn.Module:
-    from transformers import SiglipVisionConfig, SiglipVisionModel
+    with widgetless_tqdm():
+        from transformers import SiglipVisionConfig, SiglipVisionModel
 
     cfg = {**spec.config_dict, "patch_size": spec.geometry.patch, "image_size": spec.geometry.input_size}
     return SiglipVisionModel(SiglipVisionConfig(**cfg))
@@ -85,13 +89,14 @@ _BUILDERS: Mapping[EncoderKind, Callable[[EncoderSpec], torch.nn.Module]] = Mapp
 
 
 def _load_transformers(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import (
-        AutoConfig,
-        Dinov2Model,
-        Dinov2WithRegistersModel,
-        DINOv3ViTModel,
-        SiglipVisionModel,
-    )
+    with widgetless_tqdm():
+        from transformers import (
+            AutoConfig,
+            Dinov2Model,
+            Dinov2WithRegistersModel,
+            DINOv3ViTModel,
+            SiglipVisionModel,
+        )
 
     classes = {
         EncoderKind.DINOV2: {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel},
@@ -122,8 +127,9 @@ def _read_source_json(spec: EncoderSpec, name: str) -> dict[str, Any] | None:
     if Path(spec.source).is_dir():
         path = Path(spec.source) / name
         return json.loads(path.read_text()) if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
+    with widgetless_tqdm():
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
     try:
         return json.loads(Path(hf_hub_download(spec.source, name, revision=spec.revision)).read_text())
@@ -135,7 +141,8 @@ def _load_open_clip(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
     """The vision tower only: the text tower (an HF BERT for BiomedCLIP) is never built or fetched."""
     folder = Path(spec.source)
     if spec.source.startswith(OPEN_CLIP_HUB):
-        from huggingface_hub import snapshot_download
+        with widgetless_tqdm():
+            from huggingface_hub import snapshot_download
 
         patterns = ["open_clip_config.json", "*.safetensors", "*.bin"]
         repo = spec.source[len(OPEN_CLIP_HUB) :]
@@ -161,7 +168,8 @@ def _load_open_clip(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
 
 def _open_clip_tower(embed_dim: int, vision_cfg: Mapping[str, Any], quick_gelu: bool = False) -> torch.nn.Module:
     ensure_torchvision()
-    from open_clip.model import _build_vision_tower
+    with widgetless_tqdm():
+        from open_clip.model import _build_vision_tower
 
     # Never let timm fetch its own ImageNet weights: the CLIP checkpoint supplies every tower weight.
     tower = _build_vision_tower(embed_dim, {**vision_cfg, "timm_model_pretrained": False}, quick_gelu)

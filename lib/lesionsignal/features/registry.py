@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lesionsignal.core.errors import UserError
 from lesionsignal.features.geometry import Geometry
 
 RANDOM_INIT = "random-init"
@@ -38,7 +39,7 @@ class EncoderKind(enum.Enum):
     RESNET = "resnet"
 
 
-class UnknownEncoder(ValueError):
+class UnknownEncoder(UserError, ValueError):
     """An encoder id that is not in the registry."""
 
 

@@ -9,19 +9,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesionsignal.config.params import Params, load_params, project_root
+from lesionsignal.config.params import Params, project_root
 from lesionsignal.core.digests import PACKAGE_ROOT
+from lesionsignal.core.errors import user_errors_exit
 from lesionsignal.core.files import atomic_write_text
+from lesionsignal.core.progress import PROGRESS_FILE_VARIABLE, ProgressEcho
 from lesionsignal.paper.outputs import write_index
 from lesionsignal.pipeline.catalog import Catalog
+from lesionsignal.pipeline.stage import open_run
 
 KERNEL = "lesionsignal"
 _NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
@@ -65,11 +71,53 @@ def kernel_name() -> str:
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+class SectionFailed(RuntimeError):
+    """A notebook stopped on an error; the message names the section, the cell's error and the executed notebook."""
+
+
+# The kernel's own warnings (notably "running over TCP without encryption" on every start) are noise to a reader;
+# its errors still show.
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
+
+
+def notebook_parameter(params_file: Path, root: Path) -> str:
+    """The parameter file as the executed notebook shows it: relative to the project root when inside it."""
+    absolute = params_file if params_file.is_absolute() else Path.cwd() / params_file
+    try:
+        return absolute.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(absolute.resolve())
+
+
+@contextmanager
+def _progress_channel(folder: Path, prefix: str) -> Iterator[None]:
+    """Bars of the kernel go to a file this process shows in its terminal, never into the notebook's outputs."""
+    handle, name = tempfile.mkstemp(dir=folder, prefix=".progress.", suffix=".txt")
+    os.close(handle)
+    path = Path(name)
+    previous = os.environ.get(PROGRESS_FILE_VARIABLE)
+    os.environ[PROGRESS_FILE_VARIABLE] = str(path)  # the kernel inherits this process's environment
+    try:
+        with ProgressEcho(path, prefix):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_FILE_VARIABLE, None)
+        else:
+            os.environ[PROGRESS_FILE_VARIABLE] = previous
+        path.unlink(missing_ok=True)
+
+
 def execute(section: Section, params_file: Path, params: Params, root: Path, html: bool = True) -> Path:
-    """Convert a percent-format notebook to ipynb, run it with papermill, and export HTML beside it."""
+    """Convert a percent-format notebook to ipynb, run it with papermill, and export HTML beside it.
+
+    A notebook that stops on an error is still written (and exported) with its traceback; ``SectionFailed`` says
+    which cell failed and where the executed notebook is.
+    """
     import jupytext
     import nbformat
     import papermill
+    from papermill.exceptions import PapermillExecutionError
 
     out_dir = Catalog(params, root).reports
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,21 +130,32 @@ def execute(section: Section, params_file: Path, params: Params, root: Path, htm
     source_ipynb = Path(name)
     nbformat.write(notebook, source_ipynb)
     target = out_dir / f"{section.stem}.ipynb"
+    failure: PapermillExecutionError | None = None
     try:
-        # Papermill runs the kernel in the project root so relative paths in params mean the same as under make.
-        papermill.execute_notebook(
-            str(source_ipynb),
-            str(target),
-            parameters={"params_file": os.path.relpath(params_file.resolve(), root)},
-            kernel_name=kernel,
-            cwd=str(root),
-            progress_bar=False,
-            log_output=True,  # the notebook's own progress bars and messages reach the terminal running make
-        )
+        with _progress_channel(out_dir, f"[{params.name}] {section.number}: "):
+            # The kernel starts in the project root, so relative paths in params mean the same as under make.
+            papermill.execute_notebook(
+                str(source_ipynb),
+                str(target),
+                parameters={"params_file": notebook_parameter(params_file, root)},
+                kernel_name=kernel,
+                cwd=str(root),
+                progress_bar=False,
+                log_output=False,
+                extra_arguments=list(KERNEL_ARGUMENTS),
+            )
+    except PapermillExecutionError as err:
+        failure = err
     finally:
         source_ipynb.unlink(missing_ok=True)
-    if html:
-        _export_html(target)
+    if html and target.is_file():
+        export_html(target)
+    if failure is not None:
+        shown = os.path.relpath(target.with_suffix(".html" if html else ".ipynb"), root)
+        raise SectionFailed(
+            f"{section.stem} stopped in cell {failure.exec_count}: {failure.ename}: {failure.evalue}\n"
+            f"  the executed notebook, with the traceback: {shown}"
+        ) from None
     return target
 
 
@@ -157,13 +216,37 @@ def write_stamp(section: Section, params: Params, root: Path) -> None:
     atomic_write_text(_stamp_path(section, params, root), json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
-def _export_html(notebook_path: Path) -> Path:
+def export_html(notebook_path: Path) -> Path:
+    """The executed notebook as an HTML page, showing the parameters once and describing every figure.
+
+    Papermill keeps the notebook's own parameters cell (its defaults) and adds the injected one after it; a page
+    showing both reads as if the run had two parameter files, so only the injected values are shown. Each figure's
+    image gets its caption (the output's plain-text form) as alternative text.
+    """
     import nbformat
+    from bs4 import BeautifulSoup
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    notebook = nbformat.read(notebook_path, as_version=4)
+    tags = [set(cell.metadata.get("tags", [])) for cell in notebook.cells]
+    if any("injected-parameters" in t for t in tags):
+        notebook.cells = [c for c, t in zip(notebook.cells, tags, strict=True) if "parameters" not in t]
+    captions = [
+        output["data"].get("text/plain", "figure")
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    # The exporter warns on every image without alternative text; the captions are added just below.
+    quiet = logging.getLogger("lesionsignal.html")
+    quiet.setLevel(logging.ERROR)
+    body, _ = HTMLExporter(log=quiet).from_notebook_node(notebook)
+    page = BeautifulSoup(body, features="html.parser")
+    images = page.select("img[src^='data:image/png']")
+    for image, caption in zip(images, captions, strict=False):
+        image["alt"] = caption
     target = notebook_path.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
+    atomic_write_text(target, str(page))
     return target
 
 
@@ -174,25 +257,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebooks", type=Path, default=None)
     parser.add_argument("--no-html", action="store_true")
     parser.add_argument("--force", action="store_true", help="execute even the sections that are up to date")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args(argv)
+    return user_errors_exit(lambda: _run(args), verbose_flag=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
     root = project_root()
-    params = load_params(args.params)
+    # Before any notebook: the parameters are validated and every input file they name is checked, all at once.
+    run = open_run(args.params, root)
+    params = run.params
     chosen = select(sections(args.notebooks or root / "notebooks"), args.only)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     # A section asked for by number always runs (a reviewer re-executing it); a full run skips what is up to date.
     force = args.force or bool(args.only)
+    status = 0
     for section in chosen:
         if not force and up_to_date(section, params, root):
             print(f"[{params.name}] {section.source.name} is up to date (same notebook, params, code and data)")
             continue
         started = time.perf_counter()
         print(f"[{params.name}] running {section.source.name} ...", flush=True)
-        target = execute(section, args.params, params, root, html=not args.no_html)
+        try:
+            target = execute(section, args.params, params, root, html=not args.no_html)
+        except SectionFailed as err:
+            print(f"[{params.name}] {err}", file=sys.stderr, flush=True)
+            status = 1
+            break
         write_stamp(section, params, root)
-        print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {target}")
+        shown = os.path.relpath(target, root)
+        print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {shown}")
     index = write_index(params.label, Catalog(params, root).reports, root)
-    print(f"[{params.name}] index of tables and figures: {index}")
-    return 0
+    print(f"[{params.name}] index of tables and figures: {os.path.relpath(index, root)}")
+    return status
 
 
 if __name__ == "__main__":

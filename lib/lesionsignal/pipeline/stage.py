@@ -21,6 +21,7 @@ import pandas as pd
 
 from lesionsignal.config.params import Params, load_params, project_root
 from lesionsignal.core.digests import code_digest, stable_digest
+from lesionsignal.core.errors import UserError, show_user_errors_briefly
 from lesionsignal.core.files import atomic_write_text, read_table, write_table
 from lesionsignal.pipeline.catalog import Catalog
 
@@ -35,7 +36,7 @@ class StageName(enum.StrEnum):
     LESIONS = "lesions"  # natural lesions: design, box-level extraction, probes, paired tests
 
 
-class StageIncomplete(RuntimeError):
+class StageIncomplete(UserError, RuntimeError):
     """A stage could not finish (another shard's units are missing, say); the message says what to run."""
 
 
@@ -53,7 +54,12 @@ class Run:
 
 
 def open_run(params_file: str | Path, root: Path | None = None, progress: bool = True) -> Run:
-    """Load and validate a parameter file (every input file checked) and the run's catalogue of paths."""
+    """Load and validate a parameter file (every input file checked) and the run's catalogue of paths.
+
+    A relative ``params_file`` is taken from the project root, wherever the kernel or process started. In a
+    notebook, a user error (a wrong key, a missing file) from here on ends its cell with one message.
+    """
+    show_user_errors_briefly()
     root = root or project_root()
     path = Path(params_file)
     params = load_params(path if path.is_absolute() else root / path)

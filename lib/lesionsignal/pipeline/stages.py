@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from lesionsignal.core.errors import user_errors_exit
 from lesionsignal.pipeline import cohorts, embeddings, lesions, probes
 from lesionsignal.pipeline.stage import (
     Run,
@@ -74,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lesionsignal.pipeline.stages", description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--stage", choices=[str(s) for s in StageName], action="append")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args(argv)
-    run = open_run(args.params)
-    for name in args.stage or list(StageName):
+    return user_errors_exit(lambda: _run(args.params, args.stage), verbose_flag=args.verbose)
+
+
+def _run(params_file: str, names: list[str] | None) -> int:
+    run = open_run(params_file)
+    for name in names or list(StageName):
         complete = ensure(run, StageName(name))
         print(f"[{run.name}] stage {name}: {'done' if complete else 'waiting for other shards'}", flush=True)
     return 0
