@@ -109,7 +109,7 @@ if coverage.present:
     written = outputs.table(recovery, "05_patch_local_recovery", f"Patch-local recovery over the {coverage.label}")
     means = table.loc[table["dataset"] == sfdi.MEAN_LABEL]
     figure = plot_sfdi_recovery(
-        means, recovery.loc[recovery["dataset"] == sfdi.MEAN_LABEL], f"SFDI and patch-local recovery ({coverage.label})"
+        means, recovery.loc[recovery["dataset"] == sfdi.MEAN_LABEL], f"SFDI and patch-local recovery, {coverage.label}"
     )
     caption = f"SFDI per pool beside patch-local recovery ({coverage.label})"
     display(outputs.figure(figure, "05_sfdi_recovery", caption))

@@ -64,7 +64,8 @@ def plot_examples(manifest: Manifest, n: int, seed: int, title: str) -> object:
     chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False))]
     cols = min(4, len(chosen))
     rows = int(np.ceil(len(chosen) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    # Constrained layout makes room for every two-line title; tight_layout let them slide under the film above.
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, record in zip(axes.flat, chosen, strict=False):
@@ -76,9 +77,8 @@ def plot_examples(manifest: Manifest, n: int, seed: int, title: str) -> object:
         labels = ", ".join(f"{name}" for name, value in record.labels if value and name not in CLASS_COLOURS)
         ax.set_title(f"{record.image_id}\n{record.split}; {labels or 'no disease label'}", fontsize=7)
     handles = [Rectangle((0, 0), 1, 1, fill=False, ec=c, label=k) for k, c in CLASS_COLOURS.items()]
-    fig.legend(handles=handles, loc="upper right", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     return fig
 
 
@@ -87,7 +87,7 @@ def plot_box_sizes(manifest: Manifest, classes: Sequence[str], title: str) -> ob
     import matplotlib.pyplot as plt
 
     boxes = manifest.boxes_frame()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     bins = np.logspace(np.log10(4), np.log10(1024), 40)
     for cls in classes:
         sides = np.sqrt(boxes.loc[boxes["label"] == cls, "area"].to_numpy(dtype=float))
@@ -99,7 +99,7 @@ def plot_box_sizes(manifest: Manifest, classes: Sequence[str], title: str) -> ob
     ax.set_xscale("log")
     ax.set_xlabel("box side = sqrt(area), px on the 1024 canvas (dotted: perturbation patch sides)")
     ax.set_ylabel("boxes")
-    ax.legend(fontsize=8)
+    # Under the axes: inside, the legend could cover the tallest bars.
+    fig.legend(fontsize=8, loc="outside lower center", ncols=max(1, len(ax.get_legend_handles_labels()[0])))
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return fig

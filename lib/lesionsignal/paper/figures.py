@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -22,12 +24,41 @@ _FALLBACK_COLOURS = ("#8172b2", "#937860", "#da8bc3", "#8c8c8c")
 GROUP_COLOURS = {CLEAN: "#1f77b4", PERTURBED: "#d62728"}
 GROUP_NAMES = {CLEAN: "clean", PERTURBED: "perturbed"}
 UMAP_COLUMNS = 3
+POOL_AUC_FLOOR = 0.3  # lower end of the AUC axis unless a CI reaches below it
+BAR_PANEL_MIN_IN = 2.2  # narrower bar panels run their neighbouring titles together
 # Points are drawn in a shuffled order so neither group is painted wholly over the other; display only.
 DRAW_ORDER_SEED = 0
+# Heatmap cells are sized so the 8 pt numbers in them stay legible as saved: "0.50" is about 0.25 x 0.11 inches.
+HEATMAP_CELL_IN = (0.5, 0.3)
+HEATMAP_MIN_AXES_IN = 1.4  # a one-row heatmap still gets a colorbar tall enough for its ticks
+HEATMAP_COLORBAR_IN = 0.15
+HEATMAP_NUMBER_PT = 8
+HEATMAP_TICK_PT = 8
+HEATMAP_XTICK_ROTATION = 70
 
 
 class FigureError(ValueError):
     """Results a figure cannot be drawn from; the message names what is missing."""
+
+
+def _text_inches(labels: Sequence[object], size_pt: float) -> float:
+    """A generous width of the longest label (0.62 em a character), to leave room for it beside the cells."""
+    return max((len(str(label)) for label in labels), default=0) * 0.62 * size_pt / 72
+
+
+def _heatmap_size(frame: pd.DataFrame) -> tuple[float, float]:
+    """Figure inches giving each cell ``HEATMAP_CELL_IN`` after the labels, title and colorbar have their room."""
+    width, height = HEATMAP_CELL_IN
+    side = _text_inches(frame.index, HEATMAP_TICK_PT) + 1.9  # row labels; colorbar, its ticks and its label
+    below = _text_inches(frame.columns, HEATMAP_TICK_PT) * math.sin(math.radians(HEATMAP_XTICK_ROTATION)) + 0.7
+    return width * frame.shape[1] + side, max(height * frame.shape[0], HEATMAP_MIN_AXES_IN) + below
+
+
+def _heatmap_colorbar_shape(n_rows: int, n_cols: int) -> dict[str, float]:
+    """A colorbar ``HEATMAP_COLORBAR_IN`` wide and as tall as the cells, whatever the number of rows and columns."""
+    width, height = HEATMAP_CELL_IN
+    fraction = min(0.15, HEATMAP_COLORBAR_IN / (width * n_cols))
+    return {"fraction": fraction, "aspect": max(height * n_rows, HEATMAP_MIN_AXES_IN) / HEATMAP_COLORBAR_IN}
 
 
 def plot_heatmap(frame: pd.DataFrame, title: str) -> object:
@@ -35,19 +66,19 @@ def plot_heatmap(frame: pd.DataFrame, title: str) -> object:
     import matplotlib.pyplot as plt
 
     n_rows, n_cols = frame.shape
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * n_cols + 2.5), max(2.0, 0.38 * n_rows + 1.6)))
-    image = ax.imshow(frame.to_numpy(dtype=float), vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(n_cols), frame.columns, rotation=70, ha="right", fontsize=7)
-    ax.set_yticks(range(n_rows), frame.index, fontsize=7)
+    fig, ax = plt.subplots(figsize=_heatmap_size(frame), layout="constrained")
     values = frame.to_numpy(dtype=float)
+    image = ax.imshow(values, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(n_cols), frame.columns, rotation=HEATMAP_XTICK_ROTATION, ha="right", fontsize=HEATMAP_TICK_PT)
+    ax.set_yticks(range(n_rows), frame.index, fontsize=HEATMAP_TICK_PT)
     for i in range(n_rows):
         for j in range(n_cols):
             if np.isfinite(values[i, j]):
                 colour = "black" if values[i, j] > 0.8 else "white"
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=5.5, color=colour)
-    fig.colorbar(image, ax=ax, label="AUC (0.5 and below: floor colour)", fraction=0.03)
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=HEATMAP_NUMBER_PT, color=colour)
+    colorbar = fig.colorbar(image, ax=ax, **_heatmap_colorbar_shape(n_rows, n_cols))
+    colorbar.set_label("AUC\n(0.5 and below: floor colour)", fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -60,18 +91,21 @@ def plot_directional_curves(sweep: pd.DataFrame, title: str) -> object:
     panels = sweep[["model", "dataset"]].drop_duplicates().to_numpy().tolist()
     n_cols = min(3, len(panels))
     n_rows = -(-len(panels) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.0 * n_cols, 3.0 * n_rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(4.0 * n_cols, 3.0 * n_rows + 0.5), squeeze=False, sharey=True, layout="constrained"
+    )
     lengths = sorted(sweep["length"].unique())
     colours = dict(zip(lengths, plt.get_cmap("viridis")(np.linspace(0.1, 0.85, len(lengths))), strict=True))
     lines = sweep[["direction", "length"]].drop_duplicates().sort_values(["direction", "length"])
     # Lines share the x positions: each is nudged sideways (on the log axis) so their CI bars stay apart.
     nudge = {key: 2.0 ** (0.05 * (k - (len(lines) - 1) / 2)) for k, key in enumerate(map(tuple, lines.to_numpy()))}
+    handles: dict[tuple[str, int], Artist] = {}
     for ax, (model, dataset) in zip(axes.ravel(), panels, strict=False):
         part = sweep[(sweep["model"] == model) & (sweep["dataset"] == dataset)]
         for (direction, length), line in part.groupby(["direction", "length"], sort=True):
             line = line.sort_values("patch")
             err = np.vstack([line["auc"] - line["ci_low"], line["ci_high"] - line["auc"]])
-            ax.errorbar(
+            handles[(direction, length)] = ax.errorbar(
                 line["patch"] * nudge[(direction, length)],
                 line["auc"],
                 yerr=np.clip(err, 0.0, None),
@@ -89,12 +123,40 @@ def plot_directional_curves(sweep: pd.DataFrame, title: str) -> object:
         ax.set_title(f"{model} · {dataset}", fontsize=8)
         ax.set_xlabel("patch side P (px)", fontsize=8)
         ax.set_ylabel("CLS AUC", fontsize=8)
-        ax.legend(fontsize=6)
     for ax in axes.ravel()[len(panels) :]:
         ax.set_visible(False)
+    # One legend under the panels (inside them it hid the error bars): a column per L, a row per direction.
+    order = sorted(handles, key=lambda key: (key[1], key[0]))
+    labels = [f"{direction} L{length}" for direction, length in order]
+    fig.legend([handles[k] for k in order], labels, loc="outside lower center", ncols=len(lengths), fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
+
+
+def _handles_by_label(axes: Sequence[Axes]) -> dict[str, Artist]:
+    """Each labelled artist of the panels once, in the order first drawn: the entries of one figure legend."""
+    handles: dict[str, Artist] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    return handles
+
+
+def _figure_legend(figure: Figure, axes: Sequence[Axes]) -> None:
+    """One legend below every panel, so no legend covers a bar or an error bar."""
+    handles = _handles_by_label(axes)
+    figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles))
+
+
+def _bar_panels_width(n_models: int, n_panels: int) -> float:
+    """Inches for a row of bar panels, 1.1 a model and at least ``BAR_PANEL_MIN_IN`` a panel."""
+    return 1.2 + max(1.1 * n_models, BAR_PANEL_MIN_IN) * n_panels
+
+
+def _auc_floor(ci_low: pd.Series) -> float:
+    """``POOL_AUC_FLOOR``, lowered to the tenth below the lowest CI so that no error bar is cut off."""
+    lowest = float(np.nanmin(np.append(ci_low.to_numpy(dtype=float), POOL_AUC_FLOOR)))
+    return math.floor(10 * lowest) / 10
 
 
 def _colour(pool: str, order: Sequence[str]) -> str:
@@ -109,7 +171,7 @@ def plot_pool_aucs(frame: pd.DataFrame, level: Level, title: str) -> Figure:
     classes = list(dict.fromkeys(part["lesion_class"]))
     models = list(dict.fromkeys(part["model"]))
     pools = list(dict.fromkeys(part["pool"]))
-    figure = Figure(figsize=(1.2 + 1.1 * len(models) * len(classes), 3.6), layout="constrained")
+    figure = Figure(figsize=(_bar_panels_width(len(models), len(classes)), 4.0), layout="constrained")
     axes = figure.subplots(1, len(classes), squeeze=False, sharey=True)[0]
     width = 0.8 / len(pools)
     for ax, name in zip(axes, classes, strict=True):
@@ -124,9 +186,9 @@ def plot_pool_aucs(frame: pd.DataFrame, level: Level, title: str) -> Figure:
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_title(name)
-        ax.set_ylim(0.3, 1.0)
+        ax.set_ylim(_auc_floor(part["ci_low"]), 1.0)
     axes[0].set_ylabel("test AUC (95 % CI)")
-    axes[-1].legend(fontsize="small", loc="lower right")
+    _figure_legend(figure, axes)
     figure.suptitle(title)
     return figure
 
@@ -140,7 +202,8 @@ def plot_stratum_gaps(frame: pd.DataFrame, title: str) -> Figure:
     classes = list(dict.fromkeys(part["lesion_class"]))
     models = list(dict.fromkeys(part["model"]))
     pools = list(dict.fromkeys(part["pool"]))
-    figure = Figure(figsize=(1.2 + 1.1 * len(models) * len(classes), 2.9 * len(levels)), layout="constrained")
+    size = (_bar_panels_width(len(models), len(classes)), 2.9 * len(levels) + 0.4)
+    figure = Figure(figsize=size, layout="constrained")
     axes = figure.subplots(len(levels), len(classes), squeeze=False, sharey=True)
     width = 0.8 / len(pools)
     for r, level in enumerate(levels):
@@ -155,7 +218,7 @@ def plot_stratum_gaps(frame: pd.DataFrame, title: str) -> Figure:
             ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
             ax.set_title(f"{name}, {level} level", fontsize=9)
         axes[r, 0].set_ylabel("AUC(large) - AUC(small)")
-    axes[0, -1].legend(fontsize="small")
+    _figure_legend(figure, axes.ravel())
     figure.suptitle(title)
     return figure
 
@@ -175,19 +238,18 @@ def plot_sfdi_recovery(sfdi_rows: pd.DataFrame, recovery_rows: pd.DataFrame, tit
     models = list(dict.fromkeys(sfdi_rows["model"]))
     found = list(dict.fromkeys(sfdi_rows["pool"]))
     pools = [p for p in POOL_COLOURS if p in found] + [p for p in found if p not in POOL_COLOURS]
-    figure = Figure(figsize=(3.0 + 1.6 * len(models), 3.8), layout="constrained")
+    figure = Figure(figsize=(3.0 + 1.6 * len(models), 4.2), layout="constrained")
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / len(pools)
     for k, pool in enumerate(pools):
         values = sfdi_rows.loc[sfdi_rows["pool"] == pool].set_index("model")["sfdi"].reindex(models)
         x = np.arange(len(models)) + (k - (len(pools) - 1) / 2) * width
-        left.bar(x, values.to_numpy(dtype=float) - CHANCE, width, bottom=CHANCE, label=pool,
-                 color=POOL_COLOURS.get(pool, "#8c8c8c"))  # fmt: skip
-    left.axhline(CHANCE, color="grey", linestyle="--", linewidth=0.8)
-    left.set_ylim(0.45, 1.0)
+        # Bars rise from 0, not from chance: an index at chance is a half-height bar, not an invisible one.
+        left.bar(x, values.to_numpy(dtype=float), width, label=pool, color=POOL_COLOURS.get(pool, "#8c8c8c"))
+    left.axhline(CHANCE, color="grey", linestyle="--", linewidth=0.8, label=f"chance ({CHANCE:g})")
+    left.set_ylim(0.0, 1.0)
     left.set_ylabel("SFDI (0.5 blind, 1.0 perfect)")
     left.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
-    left.legend(fontsize="small")
     left.set_title("SFDI by pool")
     recovery = recovery_rows.set_index("model")["recovery"].reindex(models).to_numpy(dtype=float)
     right.bar(np.arange(len(models)), recovery, 0.6, color=POOL_COLOURS["patch_local"])
@@ -195,6 +257,7 @@ def plot_sfdi_recovery(sfdi_rows: pd.DataFrame, recovery_rows: pd.DataFrame, tit
     right.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
     right.set_ylabel("mean AUC(patch-local) - AUC(CLS)")
     right.set_title("patch-local recovery")
+    _figure_legend(figure, [left])
     figure.suptitle(title)
     return figure
 
@@ -228,6 +291,7 @@ def plot_umap_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title
         Line2D([], [], marker="o", linestyle="", color=GROUP_COLOURS[k], label=GROUP_NAMES[k])
         for k in (CLEAN, PERTURBED)
     ]
-    axes[0].legend(handles=handles, loc="best", fontsize="small")
+    # Below the panels: inside one, the legend hid its points.
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     figure.suptitle(title)
     return figure

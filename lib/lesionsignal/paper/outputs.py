@@ -188,14 +188,11 @@ class Outputs:
     def figure(self, fig: object, name: str, caption: str) -> WrittenFigure:
         """Save a matplotlib figure as PNG and PDF, stamped with the run label when the run is not the study."""
         import matplotlib.pyplot as plt
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        from lesionsignal.paper.footer import add_footer
 
         if self.label.needs_footer:
-            # Below everything already drawn (rotated tick labels included), so the label never covers the data.
-            # Figures made without pyplot have a bare canvas with no renderer: lay them out on an Agg one.
-            canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
-            bottom = fig.get_tightbbox(canvas.get_renderer()).y0 / fig.get_figheight()
-            fig.text(0.5, bottom - 0.01, self.label.text, ha="center", va="top", fontsize=7, color="firebrick")
+            add_footer(fig, self.label.text)
         base = self.figures_dir / name
         base.parent.mkdir(parents=True, exist_ok=True)
         for suffix, meta in (
