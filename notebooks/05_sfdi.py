@@ -87,7 +87,7 @@ if coverage.present:
     written = outputs.table(table, "05_T12_sfdi_all_pools", caption)
     cls_wide = table.loc[table["pool"] == "cls"].pivot(index="model", columns="dataset", values="sfdi")
     cls_wide = cls_wide.reindex(index=models).reset_index()
-    caption = f"T12: SFDI of the CLS probe per encoder and cohort ({coverage.label})"
+    caption = f"T12: SFDI of the CLS probe per encoder and cohort, {coverage.label}"
     display(outputs.table(cls_wide, "05_T12_sfdi_cls", caption))
     display(written)
     display(sfdi_at_floor(table))
@@ -111,7 +111,7 @@ if coverage.present:
     figure = plot_sfdi_recovery(
         means, recovery.loc[recovery["dataset"] == sfdi.MEAN_LABEL], f"SFDI and patch-local recovery, {coverage.label}"
     )
-    caption = f"SFDI per pool beside patch-local recovery ({coverage.label})"
+    caption = f"SFDI per pool beside patch-local recovery, {coverage.label}"
     display(outputs.figure(figure, "05_sfdi_recovery", caption))
     display(written)
 
