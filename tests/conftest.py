@@ -30,3 +30,19 @@ def smoke_params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path / "smoke.yaml"
     target.write_text(yaml.safe_dump(data, sort_keys=False))
     return target
+
+
+@pytest.fixture(scope="session")
+def smoke_reports(smoke_params_file: Path) -> Path:
+    """The reports folder of a whole smoke run: every notebook executed once, through the runner as `make paper`
+    runs them (executed .ipynb and .html, the output logs, the report site index.html), with its tables and figures
+    beside it in the session's temporary folder.
+
+    Executing the notebooks takes about two minutes, once per session: use it from tests marked ``notebook`` and
+    treat the folder as read-only, since other tests share it."""
+    from lesionsignal.config.params import load_params
+    from lesionsignal.pipeline.catalog import Catalog
+    from lesionsignal.pipeline.runner import main
+
+    assert main(["--params", str(smoke_params_file)]) == 0
+    return Catalog(load_params(smoke_params_file), ROOT).reports

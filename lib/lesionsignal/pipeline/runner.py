@@ -20,7 +20,7 @@ from pathlib import Path
 from lesionsignal.config.params import Params, load_params, project_root
 from lesionsignal.core.digests import PACKAGE_ROOT
 from lesionsignal.core.files import atomic_write_text
-from lesionsignal.paper.outputs import write_index
+from lesionsignal.paper.site import read_run_inputs, write_site
 from lesionsignal.pipeline.catalog import Catalog
 
 KERNEL = "lesionsignal"
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         target = execute(section, args.params, params, root, html=not args.no_html)
         write_stamp(section, params, root)
         print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {target}")
-    index = write_index(params.label, Catalog(params, root).reports, root)
+    catalog = Catalog(params, root)
+    index = write_site(params.label, catalog.reports, root, read_run_inputs(args.params, catalog.data_cache, root))
     print(f"[{params.name}] index of tables and figures: {index}")
     return 0
 
