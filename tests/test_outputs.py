@@ -77,16 +77,6 @@ def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]
 
 
-def test_index_lists_every_output_with_its_notebook(outputs: Outputs, tmp_path: Path) -> None:
-    from lesionsignal.paper.outputs import write_index
-
-    outputs.table(_frame(), "t9", "A listed table")
-    index = write_index(outputs.label, outputs.reports_dir, tmp_path)
-    text = index.read_text()
-    assert "## 99_test" in text and "| table | t9 | A listed table |" in text and "SMOKE run" in text
-    assert "t9" in index.with_suffix(".html").read_text()
-
-
 def test_figure_made_without_pyplot_is_labelled_and_saved(outputs: Outputs) -> None:
     from matplotlib.figure import Figure
 

@@ -25,7 +25,7 @@ from lesionsignal.core.digests import PACKAGE_ROOT
 from lesionsignal.core.errors import user_errors_exit
 from lesionsignal.core.files import atomic_write_text
 from lesionsignal.core.progress import PROGRESS_FILE_VARIABLE, ProgressEcho
-from lesionsignal.paper.outputs import write_index
+from lesionsignal.paper.site import read_run_inputs, write_site
 from lesionsignal.pipeline.catalog import Catalog
 from lesionsignal.pipeline.stage import open_run
 
@@ -287,8 +287,10 @@ def _run(args: argparse.Namespace) -> int:
         write_stamp(section, params, root)
         shown = os.path.relpath(target, root)
         print(f"[{params.name}] {section.source.name} done in {time.perf_counter() - started:.1f} s -> {shown}")
-    index = write_index(params.label, Catalog(params, root).reports, root)
-    print(f"[{params.name}] index of tables and figures: {os.path.relpath(index, root)}")
+    catalog = Catalog(params, root)
+    # Also after a failed section: the site shows what the run has made so far, with the failed page linked.
+    index = write_site(params.label, catalog.reports, root, read_run_inputs(args.params, catalog.data_cache, root))
+    print(f"[{params.name}] report site: {os.path.relpath(index, root)}")
     return status
 
 
