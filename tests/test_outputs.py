@@ -85,3 +85,23 @@ def test_figure_made_without_pyplot_is_labelled_and_saved(outputs: Outputs) -> N
     png = outputs.figure(fig, "f2", "no pyplot").path
     assert png.is_file() and png.with_suffix(".pdf").is_file()
     assert any("SMOKE run" in t.get_text() for t in fig.texts)
+
+
+def test_a_written_table_displays_as_a_captioned_html_table_with_the_csv_formatting(outputs: Outputs) -> None:
+    from lesionsignal.paper.outputs import DISPLAY_ROWS
+
+    written = outputs.table(_frame(), "t4", "A shown table")
+    html = written._repr_html_()
+    assert "<caption>t4: A shown table</caption>" in html and "<td class='num'>0.1235</td>" in html
+    assert "a_b" in html and "SMOKE run" in html and "more rows" not in html
+    long = pd.DataFrame({"i": range(DISPLAY_ROWS + 5)})
+    shown = outputs.table(long, "t5", "long")._repr_html_()
+    assert shown.count("<tr>") == DISPLAY_ROWS + 1 and f"and 5 more rows ({DISPLAY_ROWS + 5} in all)" in shown
+
+
+def test_a_written_figure_displays_as_the_saved_png(outputs: Outputs) -> None:
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    written = outputs.figure(fig, "f3", "shown")
+    assert written._repr_png_() == written.path.read_bytes()
+    assert repr(written) == "figure f3: shown"
