@@ -14,10 +14,11 @@ PORT ?= 8000
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data paper section stages test test-fast lint bench lab serve clean-reports
+.PHONY: help setup data paper check section stages test test-fast lint bench lab serve clean-reports
 
 help:
 	@echo "make paper [PARAMS=params/demo.yaml]   run every notebook on the chosen params (default: embedded demo)"
+	@echo "make check [PARAMS=...]                the preflight: data, cohorts, encoders, device, disk, plan (seconds)"
 	@echo "make section S=01 [PARAMS=...]         re-run one notebook from cached upstream results"
 	@echo "make test                              run every test (offline, CPU), notebooks included"
 	@echo "make test-fast                         the tests that take seconds: no notebook, no demo-cohort rendering"
@@ -47,6 +48,9 @@ paper: data
 section: data
 	@test -n "$(S)" || { echo "usage: make section S=NN [PARAMS=...]"; exit 2; }
 	$(PY) -m lesionsignal.pipeline.runner --params $(PARAMS) --only $(S)
+
+check: $(STAMP)
+	$(PY) -m lesionsignal.pipeline.preflight --params $(PARAMS)
 
 stages: data
 	$(PY) -m lesionsignal.pipeline.stages --params $(PARAMS)

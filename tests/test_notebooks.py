@@ -175,11 +175,17 @@ def test_missing_input_files_stop_the_run_before_any_notebook_listing_them_all(
     params = _params_with(run_folder, {"cohorts": [nih, det]})
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("error: ParamsError: ")
-    for missing in ("data/nih/Data_Entry_2017_v2020.csv", "data/nih/a", "x/train.json", "x/test.json"):
-        assert missing in err
-    assert "5 input file(s) missing" in err
-    assert not (run_folder / "reports").exists()  # stopped before the first notebook
+    assert "Traceback" not in err and "5 problem(s) to fix before the run" in err.splitlines()[0]
+    for key, missing in (
+        ("cohorts[0].csv", "data/nih/Data_Entry_2017_v2020.csv"),
+        ("cohorts[0].image_dirs[0]", "data/nih/a"),
+        ("cohorts[1].train_json", "x/train.json"),
+        ("cohorts[1].test_json", "x/test.json"),
+        ("cohorts[1].root", "x"),
+    ):
+        assert f"  {key}: {missing} does not exist" in err
+    reports = run_folder / "reports" / "smoke"
+    assert sorted(p.name for p in reports.iterdir()) == ["preflight.json", "preflight.md"]  # no notebook ran
 
 
 def test_a_typo_in_the_parameters_is_one_message_naming_file_and_key(

@@ -279,19 +279,25 @@ class Params:
     def cohorts_for(self, analysis: Analysis) -> list[CohortParams]:
         return [c for c in self.cohorts if analysis in c.uses]
 
+    def missing_files(self, root: Path | None = None) -> list[tuple[str, Path]]:
+        """(key, path) of every input file or folder the parameters name that does not exist."""
+        return [
+            (f"cohorts[{i}].{key}", path)
+            for i, cohort in enumerate(self.cohorts)
+            for key, path in cohort.required_files()
+            if not resolve(self, path, root).exists()
+        ]
+
     def check_files(self, root: Path | None = None) -> None:
         """Every input file the parameters name must exist: checked before any compute, all at once."""
-        problems = []
-        for i, cohort in enumerate(self.cohorts):
-            for key, path in cohort.required_files():
-                if not resolve(self, path, root).exists():
-                    problems.append(f"cohorts[{i}].{key}: {path} does not exist")
-        if problems:
+        missing = self.missing_files(root)
+        if missing:
+            listed = [f"{key}: {path} does not exist" for key, path in missing]
             raise ParamsError(
                 self.source,
-                problems[0].split(":")[0],
-                f"{len(problems)} input file(s) missing (relative paths start at the project root; correct them "
-                "in the parameter file or put the data there):\n  " + "\n  ".join(problems),
+                missing[0][0],
+                f"{len(missing)} input file(s) missing (relative paths start at the project root; correct them "
+                "in the parameter file or put the data there):\n  " + "\n  ".join(listed),
             )
 
     def digest(self) -> str:

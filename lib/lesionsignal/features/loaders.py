@@ -307,3 +307,47 @@ def build_module(spec: EncoderSpec, dtype: torch.dtype, seed: int) -> torch.nn.M
             torch.manual_seed(seed)
             return _BUILDERS[spec.kind](spec)
     return _LOADERS[spec.kind](spec, dtype)
+
+
+# ---- shapes only: the module a source would load, on the meta device, for counting its cost
+
+
+def skeleton(spec: EncoderSpec) -> torch.nn.Module | None:
+    """The spec's module on the meta device (shapes, no weights), from the random-init configuration or from the
+    configuration file of its source when that is on this machine (a local folder, or the hub cache); else None."""
+    ensure_torchvision()
+    with torch.device("meta"):
+        if spec.random_init or spec.kind is EncoderKind.RESNET:
+            return _BUILDERS[spec.kind](spec)
+        if spec.kind is EncoderKind.OPEN_CLIP:
+            full = _offline_json(spec, "open_clip_config.json")
+            if full is None:
+                return None
+            model_cfg = full["model_cfg"]
+            return _open_clip_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg.get("quick_gelu", False))
+        config = _offline_json(spec, "config.json")
+        return None if config is None else _transformers_skeleton(spec, config)
+
+
+def _offline_json(spec: EncoderSpec, name: str) -> dict[str, Any] | None:
+    """A configuration file of the source without the network: the local folder's, or the hub cache's copy."""
+    source = spec.source.removeprefix(OPEN_CLIP_HUB)
+    if Path(source).is_dir():
+        path = Path(source) / name
+        return json.loads(path.read_text()) if path.is_file() else None
+    with widgetless_tqdm():
+        from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, name, revision=spec.revision)
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def _transformers_skeleton(spec: EncoderSpec, config: dict[str, Any]) -> torch.nn.Module:
+    with widgetless_tqdm():
+        from transformers import AutoConfig, AutoModel, SiglipVisionModel
+
+    parsed = AutoConfig.for_model(**config)
+    if spec.kind is EncoderKind.SIGLIP:
+        vision = getattr(parsed, "vision_config", parsed)
+        return SiglipVisionModel(vision)
+    return AutoModel.from_config(parsed)

@@ -25,7 +25,7 @@ from lesionsignal.data.mimic import read_mimic
 from lesionsignal.data.nih import read_nih
 from lesionsignal.data.real_films import read_real_films
 from lesionsignal.data.registry import ct_paths, real_films
-from lesionsignal.data.validation import validate, write_exclusions
+from lesionsignal.data.validation import Exclusion, validate, write_exclusions
 from lesionsignal.demo.build import build_demo_cohort
 from lesionsignal.demo.config import cohort_folder_name
 from lesionsignal.pipeline.stage import Run, StageName
@@ -111,16 +111,21 @@ def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
     raise ValueError(f"{params.source}: cohort {cohort.name!r}: kind {kind.value} has no adapter")
 
 
+def checked_cohort(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
+    """A cohort read by its adapter and validated by the study's rules, with its exclusions when it allows them."""
+    return validate(
+        read_cohort(run, cohort),
+        canvas=run.params.panel.canvas_size,
+        known_classes=None,
+        check_files=True,
+        exclude=cohort.exclude_invalid,
+    )
+
+
 def compute_cohorts(run: Run) -> bool:
     """Every cohort of the run, validated and saved (with its exclusion list when rows were excluded)."""
     for cohort in run.params.cohorts:
-        checked, exclusions = validate(
-            read_cohort(run, cohort),
-            canvas=run.params.panel.canvas_size,
-            known_classes=None,
-            check_files=True,
-            exclude=cohort.exclude_invalid,
-        )
+        checked, exclusions = checked_cohort(run, cohort)
         folder = manifest_folder(run, cohort.name)
         checked.save(folder)
         if exclusions:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from lesionsignal.config.params import Params, project_root
 from lesionsignal.core.digests import PACKAGE_ROOT
-from lesionsignal.core.errors import user_errors_exit
+from lesionsignal.core.errors import USER_ERROR_STATUS, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
 from lesionsignal.core.progress import PROGRESS_FILE_VARIABLE, ProgressEcho
 from lesionsignal.paper.site import read_run_inputs, write_site
+from lesionsignal.pipeline import preflight
 from lesionsignal.pipeline.catalog import Catalog
 from lesionsignal.pipeline.stage import open_run
 
@@ -264,9 +265,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     root = project_root()
-    # Before any notebook: the parameters are validated and every input file they name is checked, all at once.
-    run = open_run(args.params, root)
-    params = run.params
+    # Before any notebook: the preflight (`make check`), every problem of the setup listed at once.
+    report = preflight.check(args.params, root)
+    folder = preflight.report_folder(args.params, root)
+    if folder is not None:
+        preflight.write_report(report, folder)
+    if report.fatal:
+        print(f"preflight of {args.params}: {len(report.fatal)} problem(s) to fix before the run:", file=sys.stderr)
+        for finding in report.fatal:
+            print(f"  {finding.where}: {finding.message}", file=sys.stderr)
+        print("(the whole report: make check PARAMS=...)", file=sys.stderr)
+        return USER_ERROR_STATUS
+    params = open_run(args.params, root).params
     chosen = select(sections(args.notebooks or root / "notebooks"), args.only)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     # A section asked for by number always runs (a reviewer re-executing it); a full run skips what is up to date.

@@ -1,0 +1,323 @@
+"""The preflight: everything a run needs, checked within seconds and before any heavy compute, every problem at once.
+
+``make check PARAMS=...`` (``python -m lesionsignal.pipeline.preflight --params ...``), and the first step of
+``make paper``, checks:
+- the parameter file (keys, types, values);
+- every input file and image folder the cohorts name;
+- every cohort, read by its adapter and validated: images, patients and positives per split and label, lesion boxes
+  per class and split, patients in both splits, exclusions;
+- each encoder: known to the registry, its configuration on this machine (a local folder, or the hub cache);
+- the device (GPU, its free memory against each encoder's weights) and the disk space for the caches;
+- the plan: forward passes per encoder, and the time they take at the device's measured rate (a lower bound).
+It writes ``preflight.json`` and ``preflight.md`` into the run's report folder, prints the summary, and exits
+non-zero when any problem is fatal. Nothing is rendered, encoded or fitted: a demo cohort that is not rendered yet
+is reported from its parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lesionsignal.config.params import Analysis, CohortKind, CohortParams, Params, load_params, project_root
+from lesionsignal.core.errors import UserError, user_errors_exit
+from lesionsignal.core.files import atomic_write_text
+from lesionsignal.data.manifest import Manifest, ManifestError
+from lesionsignal.data.registry import ct_paths
+from lesionsignal.data.summary import describe
+from lesionsignal.data.validation import mixed_patients
+from lesionsignal.demo.folder import output_paths
+from lesionsignal.features.cost import DeviceSpeed, device_speed, encoder_cost
+from lesionsignal.features.registry import resolve_spec
+from lesionsignal.paper.outputs import frame_to_markdown
+from lesionsignal.pipeline import cohorts as cohort_stage
+from lesionsignal.pipeline.catalog import Catalog
+from lesionsignal.pipeline.embeddings import conditions, device_for
+from lesionsignal.pipeline.stage import Run
+
+REPORT = "preflight"
+POOLS_STORED = 3  # CLS, patch-mean and patch-local vectors kept per image and condition
+RAW_WIDTH = 64 * 64 + 32 * 32  # the raw-pixel baselines: the 64 x 64 image and the 32 x 32 window
+FLOAT_BYTES = 4
+COPIES = 2  # the cached extraction units, and the per-condition files assembled from them
+SHOWN_PROBLEMS = 20
+
+
+class Severity(enum.StrEnum):
+    FATAL = "fatal"  # the run cannot succeed as configured
+    WARNING = "warning"  # the run can succeed; the user should know
+    NOTE = "note"  # how the run will go
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    where: str  # the parameter key, file or row
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.value}: {self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class EncoderPlan:
+    encoder: str
+    source: str
+    dtype: str
+    dim: int  # width of each stored vector
+    forward_passes: int
+    gflops_per_image: float | None
+    parameters: int | None
+    hours_at_measured_rate: float | None  # a lower bound: the model alone at the device's matrix-product rate
+
+
+@dataclass
+class Report:
+    run: str
+    label: str
+    params_file: str
+    findings: list[Finding] = field(default_factory=list)
+    counts: list[dict] = field(default_factory=list)  # cohort, split, label, images, patients, positives
+    boxes: list[dict] = field(default_factory=list)  # cohort, split, label, boxes, images
+    encoders: list[EncoderPlan] = field(default_factory=list)
+    device: DeviceSpeed | None = None
+    disk: dict = field(default_factory=dict)
+
+    def add(self, severity: Severity, where: str, message: str) -> None:
+        self.findings.append(Finding(severity, where, message))
+
+    @property
+    def fatal(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.FATAL]
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["ok"] = not self.fatal
+        return json.dumps(payload, indent=1, default=str) + "\n"
+
+    def to_markdown(self) -> str:
+        verdict = "FAILED: fix the fatal problems below" if self.fatal else "passed"
+        parts = [f"# Preflight of {self.run} ({self.params_file}): {verdict}", "", f"_{self.label}_", ""]
+        parts += ["## Problems and notes", ""]
+        parts += [f"- {f}" for f in self.findings] or ["- none"]
+        for title, rows in (("Cohorts", self.counts), ("Lesion boxes", self.boxes)):
+            if rows:
+                parts += ["", f"## {title}", "", frame_to_markdown(pd.DataFrame(rows))]
+        if self.encoders:
+            parts += ["", "## Encoders and the plan", "", frame_to_markdown(pd.DataFrame(map(asdict, self.encoders)))]
+            parts += ["_Hours: the model alone at the device's measured matrix-product rate; a lower bound._"]
+        if self.device is not None:
+            parts += ["", "## Device", "", frame_to_markdown(pd.DataFrame([asdict(self.device)]))]
+        if self.disk:
+            parts += ["", "## Disk", "", frame_to_markdown(pd.DataFrame([self.disk]))]
+        return "\n".join(parts) + "\n"
+
+
+def check(params_file: str | Path, root: Path, *, measure: bool = True) -> Report:
+    """Every check of the run; problems become findings, never exceptions (a bug still raises)."""
+    path = Path(params_file)
+    try:
+        params = load_params(path if path.is_absolute() else root / path)
+    except UserError as err:
+        report = Report("?", "", str(params_file))
+        report.add(Severity.FATAL, "parameters", str(err))
+        return report
+    run = Run(params, Catalog(params, root), progress=False)
+    report = Report(params.name, params.label.text, params.source)
+    missing = params.missing_files(root)
+    for key, missing_path in missing:
+        report.add(Severity.FATAL, key, f"{missing_path} does not exist")
+    unreadable = {key.split(".", 1)[0] for key, _ in missing}  # "cohorts[i]"
+    readable = {c.name for i, c in enumerate(params.cohorts) if f"cohorts[{i}]" not in unreadable}
+    sizes = _check_cohorts(run, readable, report)
+    _check_encoders(run, sizes, report, measure)
+    return report
+
+
+def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, int]:
+    """Counts of every readable cohort; the number of images each contributes to the detection set."""
+    sizes: dict[str, int] = {}
+    for cohort in run.params.cohorts:
+        where = f"cohort {cohort.name}"
+        if cohort.name not in readable:
+            continue
+        try:
+            if cohort.kind is CohortKind.DEMO and not _demo_rendered(run):
+                ct_paths(run.catalog.data_cache)  # what the rendering needs
+                n = run.params.demo_cohort.n_images
+                report.add(Severity.NOTE, where, f"not rendered yet: `make paper` renders {n} films first")
+                sizes[cohort.name] = n
+                continue
+            manifest, exclusions = cohort_stage.checked_cohort(run, cohort)
+        except ManifestError as err:
+            for problem in err.problems[:SHOWN_PROBLEMS]:
+                where = f"{err.source} {problem.where}".strip()
+                report.add(Severity.FATAL, where, f"{problem.image_id} {problem.reason}".strip())
+            if len(err.problems) > SHOWN_PROBLEMS:
+                report.add(Severity.FATAL, err.source, f"... and {len(err.problems) - SHOWN_PROBLEMS} more problems")
+            continue
+        except UserError as err:
+            report.add(Severity.FATAL, where, str(err))
+            continue
+        if exclusions:
+            first = "; ".join(f"{e.image_id}: {e.reason}" for e in exclusions[:3])
+            report.add(Severity.WARNING, where, f"{len(exclusions)} image(s) excluded (exclude_invalid), e.g. {first}")
+        shared = mixed_patients((r.patient_id for r in manifest.records), (r.split for r in manifest.records))
+        if shared:
+            report.add(Severity.NOTE, where, f"{len(shared)} patient(s) have images in more than one split")
+        report.counts += [{"cohort": cohort.name, **row} for row in describe(manifest).to_dict("records")]
+        report.boxes += _box_counts(cohort.name, manifest)
+        available = len(manifest.records)
+        sizes[cohort.name] = available if cohort.n_images is None else min(cohort.n_images, available)
+    return sizes
+
+
+def _demo_rendered(run: Run) -> bool:
+    """The folder name carries the generator's digest, so finished outputs there are this run's cohort."""
+    return all(path.is_file() for path in output_paths(cohort_stage.demo_cohort_folder(run)).values())
+
+
+def _box_counts(cohort: str, manifest: Manifest) -> list[dict]:
+    boxes = manifest.boxes_frame()
+    if boxes.empty:
+        return []
+    grouped = boxes.groupby(["split", "label"], sort=True)
+    return [
+        {"cohort": cohort, "split": split, "label": label, "boxes": len(part), "images": part["image_id"].nunique()}
+        for (split, label), part in grouped
+    ]
+
+
+def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bool) -> None:
+    params = run.params
+    device: str | None
+    try:
+        device = device_for(params)
+    except RuntimeError as err:
+        report.add(Severity.FATAL, "extraction.device", str(err))
+        device = None  # the encoders are still checked; there is no rate to measure
+    passes = _forward_passes(params, sizes)
+    speeds: dict[str, DeviceSpeed] = {}
+    for i, entry in enumerate(params.encoders):
+        where = f"encoders[{i}] ({entry.id})"
+        try:
+            spec = resolve_spec(entry.id, source=entry.source, revision=entry.revision)
+        except (UserError, ValueError, FileNotFoundError) as err:
+            report.add(Severity.FATAL, where, str(err))
+            continue
+        cost = encoder_cost(spec)
+        if cost is None:
+            report.add(
+                Severity.WARNING,
+                where,
+                f"{spec.source} is not on this machine (no local folder, not in the hub cache): the run downloads it "
+                "(network needed), or point `source` at a local copy",
+            )
+        dtype = "float32" if device == "cpu" else entry.dtype
+        if device == "cpu" and entry.dtype != "float32":
+            report.add(Severity.NOTE, where, f"dtype {entry.dtype} is a GPU setting: on the CPU it runs in float32")
+        speed = speeds.get(dtype) or (device_speed(device, dtype) if measure and device else None)
+        if speed is not None:
+            speeds[dtype] = speed
+            report.device = speed
+        hours = None
+        if cost is not None and speed is not None:
+            hours = passes * cost.flops_per_image / speed.flops_per_second / 3600
+            if speed.free_bytes is not None and cost.weight_bytes(dtype) > speed.free_bytes:
+                report.add(
+                    Severity.FATAL,
+                    where,
+                    f"weights need {cost.weight_bytes(dtype) / 2**30:.1f} GiB in {dtype}; "
+                    f"the GPU has {speed.free_bytes / 2**30:.1f} GiB free",
+                )
+        report.encoders.append(
+            EncoderPlan(
+                entry.id,
+                spec.source,
+                dtype,
+                spec.dim,
+                passes,
+                None if cost is None else round(cost.flops_per_image / 1e9, 3),
+                None if cost is None else cost.parameters,
+                None if hours is None else round(hours, 4),
+            )
+        )
+    _check_disk(run, passes, report)
+
+
+def _forward_passes(params: Params, sizes: dict[str, int]) -> int:
+    """Per encoder: each panel image once clean and once per condition, each lesion image once. A cohort that
+    could not be read counts with its planned ``n_images`` (0 when it has none)."""
+    n_conditions = len(conditions(params))
+
+    def size(cohort: CohortParams) -> int:
+        return sizes.get(cohort.name, cohort.n_images or 0)
+
+    panel = sum(size(c) for c in params.cohorts_for(Analysis.PANEL)) * (1 + n_conditions)
+    lesions = sum(size(c) for c in params.cohorts_for(Analysis.LESIONS))
+    return panel + lesions
+
+
+def _check_disk(run: Run, passes: int, report: Report) -> None:
+    cache = run.catalog.cache
+    existing = next(p for p in (cache, *cache.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    widths = sum(POOLS_STORED * plan.dim for plan in report.encoders) + RAW_WIDTH
+    needed = passes * widths * FLOAT_BYTES * COPIES
+    report.disk = {
+        "cache": str(run.params.paths.cache),
+        "free_gib": round(free / 2**30, 2),
+        "estimated_vectors_gib": round(needed / 2**30, 3),
+    }
+    if needed > free:
+        message = f"about {needed / 2**30:.1f} GiB of vectors to store; {free / 2**30:.1f} GiB free"
+        report.add(Severity.FATAL, "paths.cache", message)
+
+
+def report_folder(params_file: str | Path, root: Path) -> Path | None:
+    """Where the run's report goes, or None when the parameter file cannot be read."""
+    path = Path(params_file)
+    try:
+        params = load_params(path if path.is_absolute() else root / path)
+    except UserError:
+        return None
+    return Catalog(params, root).reports
+
+
+def write_report(report: Report, folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{REPORT}.json", folder / f"{REPORT}.md"
+    atomic_write_text(json_path, report.to_json())
+    atomic_write_text(md_path, report.to_markdown())
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lesionsignal.pipeline.preflight", description=__doc__)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
+    args = parser.parse_args(argv)
+    return user_errors_exit(lambda: _run(args.params), verbose_flag=args.verbose)
+
+
+def _run(params_file: str) -> int:
+    root = project_root()
+    report = check(params_file, root)
+    print(report.to_markdown())
+    folder = report_folder(params_file, root)
+    if folder is not None:
+        _, markdown = write_report(report, folder)
+        print(f"written: {os.path.relpath(markdown, root)}")
+    return 1 if report.fatal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The preflight lists every problem of a setup at once, within seconds, and plans the run without computing it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lesionsignal.config.params import load_params
+from lesionsignal.features.cost import encoder_cost
+from lesionsignal.features.registry import DEMO_ENCODERS, resolve_spec
+from lesionsignal.pipeline.preflight import Severity, check, main, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_folder() -> Path:
+    """A folder inside the checkout's ignored .cache/, so the parameter files written there use relative paths."""
+    base = ROOT / ".cache" / "test-runs"
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="preflight-", dir=base))
+
+
+def _params(folder: Path, source: str = "smoke.yaml", **changes: object) -> Path:
+    data = yaml.safe_load((ROOT / "params" / source).read_text())
+    relative = folder.relative_to(ROOT).as_posix()
+    data.setdefault("paths", {})
+    for key in ("work", "figures", "tables", "reports"):
+        data["paths"][key] = f"{relative}/{key}"
+    data.update(changes)
+    target = folder / "params.yaml"
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def test_the_study_params_on_a_machine_without_the_data_list_every_missing_path(run_folder: Path) -> None:
+    params_file = _params(run_folder, "paper.yaml")
+    params = load_params(params_file)
+    report = check(params_file, ROOT, measure=False)
+    fatal = {(f.where, f.message) for f in report.fatal}
+    for i, cohort in enumerate(params.cohorts):
+        for key, path in cohort.required_files():
+            if not (path if path.is_absolute() else ROOT / path).exists():
+                assert (f"cohorts[{i}].{key}", f"{path} does not exist") in fatal
+    planned = {plan.encoder: plan.forward_passes for plan in report.encoders}
+    panel = [c for c in params.cohorts if "panel" in [u.value for u in c.uses]]
+    assert set(planned.values()) == {sum(c.n_images or 0 for c in panel) * 30}  # 29 conditions and the clean pass
+
+
+def test_the_command_exits_non_zero_and_writes_its_report(run_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    params_file = _params(
+        run_folder, "smoke.yaml", cohorts=[{"name": "x", "kind": "nih", "csv": "no.csv", "image_dirs": ["no"]}]
+    )
+    assert main(["--params", str(params_file)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "cohorts[0].csv: no.csv does not exist" in out
+    assert "cohorts[0].image_dirs[0]: no does not exist" in out
+    written = json.loads((run_folder / "reports" / "smoke" / "preflight.json").read_text())
+    assert written["ok"] is False and len([f for f in written["findings"] if f["severity"] == "fatal"]) == 2
+
+
+def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(run_folder: Path) -> None:
+    params_file = _params(run_folder)
+    params = load_params(params_file)
+    report = check(params_file, ROOT, measure=False)
+    assert report.fatal == []
+    demo = params.demo_cohort.n_images
+    (plan,) = report.encoders
+    assert plan.forward_passes == demo * (1 + len(params.panel.conditions)) + demo  # panel, then lesion images
+    assert plan.gflops_per_image and plan.gflops_per_image > 0 and plan.parameters
+    markdown = report.to_markdown()
+    assert "passed" in markdown.splitlines()[0] and "## Encoders and the plan" in markdown
+    json_path, md_path = write_report(report, run_folder / "out")
+    assert json.loads(json_path.read_text())["ok"] is True and md_path.read_text() == markdown
+
+
+def test_bad_cohort_rows_are_listed_with_their_file_and_row(run_folder: Path) -> None:
+    images = run_folder / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"")
+    table = run_folder / "cohort.csv"
+    table.write_text("path,patient_id,split,view,edema\na.png,p1,train,PA,0\nb.png,p2,test,PA,1\nc.png,p3,test,PA,0\n")
+    cohort = {
+        "name": "inst",
+        "kind": "institutional",
+        "csv": table.relative_to(ROOT).as_posix(),
+        "root": images.relative_to(ROOT).as_posix(),
+        "columns": {"path": "path", "patient_id": "patient_id", "split": "split", "view": "view"},
+        "label_columns": {"edema": "edema"},
+        "uses": ["disease"],
+    }
+    report = check(_params(run_folder, cohorts=[cohort], encoders=[]), ROOT, measure=False)
+    messages = " ".join(f"{f.where} {f.message}" for f in report.fatal)
+    assert "b.png" in messages and "c.png" in messages, messages
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_gpu_run_on_a_machine_without_one_is_fatal(run_folder: Path) -> None:
+    report = check(_params(run_folder, extraction={"device": "cuda"}), ROOT, measure=False)
+    assert [f.where for f in report.fatal] == ["extraction.device"]
+    assert report.encoders, "the encoders are still checked"
+
+
+def test_operations_are_counted_from_the_configuration_the_run_would_load(tmp_path: Path) -> None:
+    """DINOv2-B/14 from a local folder holding only its config.json: about 2 x parameters x tokens."""
+    config = {
+        "model_type": "dinov2",
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "mlp_ratio": 4,
+        "patch_size": 14,
+        "image_size": 518,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cost = encoder_cost(resolve_spec("dinov2-b14", source=tmp_path))
+    assert cost is not None and 86e6 < cost.parameters < 87.5e6
+    tokens = (224 // 14) ** 2 + 1
+    assert cost.flops_per_image == pytest.approx(2 * cost.parameters * tokens, rel=0.1)
+    (tmp_path / "empty").mkdir()
+    assert encoder_cost(resolve_spec("dinov2-b14", source=tmp_path / "empty")) is None  # no configuration there
+    assert all(encoder_cost(spec) is not None for spec in DEMO_ENCODERS.values())
+
+
+def test_findings_read_as_key_and_message() -> None:
+    from lesionsignal.pipeline.preflight import Finding
+
+    assert (
+        str(Finding(Severity.FATAL, "cohorts[0].csv", "x does not exist")) == "fatal: cohorts[0].csv: x does not exist"
+    )
