@@ -132,3 +132,18 @@ def test_duplicate_cohort_names(tmp_path: Path) -> None:
 def test_shard_index_checked(tmp_path: Path) -> None:
     err = _error(tmp_path, "name: x\nrun: demo\nextraction:\n  shard_index: 2\n  shard_count: 2\n")
     assert err.key == "extraction.shard_index"
+
+
+def test_every_problem_of_a_parameter_file_is_named_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\nrun: demo\nprobe:\n  n_bot: 3\n  folds: one\npanel:\n  margin: 0.9\nextraction:\n  devise: cpu\n"
+    )
+    with pytest.raises(ParamsError) as caught:
+        load_params(bad)
+    keys = [key for key, _ in caught.value.problems]
+    assert sorted(keys) == ["extraction.devise", "panel.margin", "probe.folds", "probe.n_bot"]
+    text = str(caught.value)
+    assert (
+        text.startswith(f"{bad}: 4 problems:") and "did you mean 'device'?" in text and "did you mean 'n_boot'?" in text
+    )

@@ -26,7 +26,19 @@ class ParamsError(UserError, ValueError):
         self.source = str(source)
         self.key = key
         self.reason = reason
+        self.problems: tuple[tuple[str, str], ...] = ((key, reason),)
         super().__init__(f"{source}: {key or '<top level>'}: {reason}")
+
+    @classmethod
+    def of(cls, source: str | Path, problems: list[tuple[str, str]]) -> ParamsError:
+        """One error for every problem of a file, so a user fixes them all in one pass."""
+        if len(problems) == 1:
+            return cls(source, *problems[0])
+        listed = "\n  ".join(f"{key or '<top level>'}: {reason}" for key, reason in problems)
+        error = cls(source, problems[0][0], problems[0][1])
+        error.problems = tuple(problems)
+        error.args = (f"{source}: {len(problems)} problems:\n  {listed}",)
+        return error
 
 
 class FieldError(ValueError):
@@ -126,19 +138,25 @@ def _dataclass(cls: type, value: Any, *, source: str | Path, key: str) -> Any:
         raise ParamsError(source, key, f"expected a mapping of {cls.__name__} fields, got {value!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        where = f"{key}.{unknown[0]}" if key else str(unknown[0])
-        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+    problems: list[tuple[str, str]] = []
+    for name in sorted(set(value) - set(fields)):
+        close = difflib.get_close_matches(str(name), list(fields), n=1)
         guess = f"did you mean {close[0]!r}? " if close else ""
-        raise ParamsError(source, where, f"unknown key; {guess}allowed here: {', '.join(sorted(fields))}")
+        problems.append(
+            (f"{key}.{name}" if key else str(name), f"unknown key; {guess}allowed here: {', '.join(sorted(fields))}")
+        )
     kwargs = {}
     for name, field in fields.items():
         sub = f"{key}.{name}" if key else name
         if name in value:
-            kwargs[name] = _convert(hints[name], value[name], source=source, key=sub)
+            try:
+                kwargs[name] = _convert(hints[name], value[name], source=source, key=sub)
+            except ParamsError as err:
+                problems.extend(err.problems)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ParamsError(source, sub, "required key is missing")
+            problems.append((sub, "required key is missing"))
+    if problems:
+        raise ParamsError.of(source, problems)
     try:
         obj = cls(**kwargs)
     except ParamsError:

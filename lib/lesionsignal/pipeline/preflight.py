@@ -30,6 +30,7 @@ import pandas as pd
 from lesionsignal.config.params import Analysis, CohortKind, CohortParams, Params, load_params, project_root
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
+from lesionsignal.core.validate import ParamsError
 from lesionsignal.data.manifest import Manifest, ManifestError
 from lesionsignal.data.registry import ct_paths
 from lesionsignal.data.summary import describe
@@ -105,7 +106,8 @@ class Report:
 
     def to_markdown(self) -> str:
         verdict = "FAILED: fix the fatal problems below" if self.fatal else "passed"
-        parts = [f"# Preflight of {self.run} ({self.params_file}): {verdict}", "", f"_{self.label}_", ""]
+        title = f"{self.run} ({self.params_file})" if self.run else self.params_file
+        parts = [f"# Preflight of {title}: {verdict}", ""] + ([f"_{self.label}_", ""] if self.label else [])
         parts += ["## Problems and notes", ""]
         parts += [f"- {f}" for f in self.findings] or ["- none"]
         for title, rows in (("Cohorts", self.counts), ("Lesion boxes", self.boxes)):
@@ -126,9 +128,10 @@ def check(params_file: str | Path, root: Path, *, measure: bool = True) -> Repor
     path = Path(params_file)
     try:
         params = load_params(path if path.is_absolute() else root / path)
-    except UserError as err:
-        report = Report("?", "", str(params_file))
-        report.add(Severity.FATAL, "parameters", str(err))
+    except ParamsError as err:
+        report = Report("", "", err.source)
+        for key, reason in err.problems:
+            report.add(Severity.FATAL, f"{err.source}: {key or '<top level>'}", reason)
         return report
     run = Run(params, Catalog(params, root), progress=False)
     report = Report(params.name, params.label.text, params.source)
