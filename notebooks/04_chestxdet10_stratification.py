@@ -37,8 +37,10 @@ from IPython.display import display
 
 from lesionsignal.analysis.lesion_probes import FIT_COLUMNS, Level
 from lesionsignal.config.params import Analysis
+from lesionsignal.data.summary import split_notes
 from lesionsignal.paper.figures import plot_pool_aucs, plot_stratum_gaps
 from lesionsignal.paper.reference import compare
+from lesionsignal.pipeline import cohorts as cohort_stage
 from lesionsignal.pipeline import lesions
 from lesionsignal.pipeline.embeddings import device_for
 from lesionsignal.pipeline.stage import StageName, open_run, output
@@ -58,8 +60,21 @@ require(run, StageName.LESIONS)
 
 # %% [markdown]
 # ## The design: rows decided from the manifest alone
-# Per class and split: images, images with the class, positive boxes, their size-matched negatives, and the
+# First the split each lesion cohort is analysed on. ChestX-Det10's official split, which the paper used, puts some
+# patients on both sides (PROTOCOL section 1.3); it is kept unless the parameters ask for the patient-disjoint
+# re-split (`split: patient_disjoint`), and the patients and images the two sides share are counted here.
+# Then, per class and split: images, images with the class, positive boxes, their size-matched negatives, and the
 # median positive box area (the test split's median is where small and large part).
+
+# %%
+shared_by_split = output(run, StageName.COHORTS, cohort_stage.SPLITS)
+lesion_splits = shared_by_split[shared_by_split["cohort"].isin([c.name for c in cohorts])].reset_index(drop=True)
+if not lesion_splits.empty:
+    caption = "Lesion cohorts: patients and images each split shares with another split"
+    display(outputs.table(lesion_splits, "04_split_overlap", caption))
+for cohort in cohorts:
+    for note in split_notes(cohort_stage.manifest(run, cohort.name)):
+        print(note)
 
 # %%
 design_table = output(run, StageName.LESIONS, lesions.DESIGN)

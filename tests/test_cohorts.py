@@ -363,7 +363,8 @@ def test_chestxdet10_labels_boxes_and_split() -> None:
     assert labels["00000042_006.png"] == (0, 0, 0)  # Fibrosis only
     assert labels["00000091_006.png"] == (0, 0, 0)  # no findings
     records = {r.image_id: r for r in det.records}
-    assert records["00000155_000.png"].boxes[0] == LesionBox("Mass", Box(200, 250, 320, 380))
+    # [200, 250, 320, 380] in the file: inclusive corners, so the half-open Box ends one pixel further
+    assert records["00000155_000.png"].boxes[0] == LesionBox("Mass", Box(200, 250, 321, 381))
     assert records["00000091_005.png"].patient_id == records["00000091_006.png"].patient_id == "00000091"
     assert records["00000201_001.png"].split == "test"
     assert records["00000201_001.png"].path == DET / "test_data" / "00000201_001.png"
@@ -391,7 +392,7 @@ def test_chestxdet10_bad_records_are_named(tmp_path: Path) -> None:
     text = str(info.value)
     assert "train.json[1] (00000091_005.png): 2 syms but 1 boxes" in text
     assert "train.json[3] (00000155_000.png): syms[1] 'Pleural Thickening' is not a ChestX-Det10 class" in text
-    assert "train.json[2] (00000091_006.png): box corner 3.5 is not a whole pixel" in text
+    assert "train.json[2] (00000091_006.png): boxes[0] corner 3.5 is not a whole pixel" in text
 
 
 def test_chestxdet10_file_in_both_splits(tmp_path: Path) -> None:
@@ -417,6 +418,7 @@ def test_demo_cohort() -> None:
         ("Nodule", 0),
         ("Mass", 1),
     )
+    # The demo's train.json says [400, 380, 412, 392]: its generator writes half-open corners, read as they are.
     assert records["demo_0000.png"].boxes == (LesionBox("Nodule", Box(400, 380, 412, 392)),)
     assert records["demo_0001.png"].patient_id == "drr_p000"
     assert records["demo_0001.png"].path == FIXTURES / "demo" / "images" / "demo_0001.png"
@@ -470,10 +472,10 @@ def test_box_size_summary() -> None:
     table = box_size_summary(read_chestxdet10(DET / "train.json", DET / "test.json", DET_DIRS))
     calcification = table[(table["split"] == "all") & (table["label"] == "Calcification")].iloc[0]
     assert (calcification["boxes"], calcification["images"]) == (2, 2)
-    assert calcification["area_median"] == pytest.approx((12 * 14 + 16 * 11) / 2)
+    assert calcification["area_median"] == pytest.approx((13 * 15 + 17 * 12) / 2)  # inclusive corners: +1 px
     nodule = table[(table["split"] == "train") & (table["label"] == "Nodule")].iloc[0]
-    assert nodule["area_median"] == pytest.approx((30 * 28 + 26 * 30) / 2)
-    assert nodule["side_median"] == pytest.approx((np.sqrt(840) + np.sqrt(780)) / 2)
+    assert nodule["area_median"] == pytest.approx((31 * 29 + 27 * 31) / 2)
+    assert nodule["side_median"] == pytest.approx((np.sqrt(31 * 29) + np.sqrt(27 * 31)) / 2)
     assert bool(nodule["is_target"])
     fibrosis = table[(table["split"] == "all") & (table["label"] == "Fibrosis")].iloc[0]
     assert not bool(fibrosis["is_target"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from lesionsignal.data.manifest import (
     LesionBox,
     Manifest,
     ManifestError,
+    PatientIds,
     Record,
+    SplitPolicy,
 )
 from lesionsignal.data.validation import Exclusion, validate, write_exclusions
 
@@ -132,6 +135,34 @@ def test_save_load_round_trip_is_byte_identical(manifest: Manifest, tmp_path: Pa
         assert (first / name).read_bytes() == (second / name).read_bytes()
     # Atomic writes leave no temporary files behind.
     assert sorted(p.name for p in first.iterdir()) == sorted([META_JSON, MANIFEST_CSV, BOXES_CSV])
+
+
+def test_split_policy_and_patient_ids_are_saved_and_loaded(manifest: Manifest, tmp_path: Path) -> None:
+    declared = replace(manifest, split_policy=SplitPolicy.OVERLAP_REPORTED, patient_ids=PatientIds.PER_IMAGE)
+    assert declared.digest() != manifest.digest()
+    folder = declared.save(tmp_path / "declared")
+    meta = json.loads((folder / META_JSON).read_text())
+    assert (meta["split_policy"], meta["patient_ids"]) == ("overlap_reported", "per_image")
+    assert Manifest.load(folder) == declared
+    # A manifest saved before these keys existed reads with the defaults it was made under.
+    del meta["split_policy"], meta["patient_ids"]
+    (folder / META_JSON).write_text(json.dumps(meta))
+    loaded = Manifest.load(folder)
+    assert (loaded.split_policy, loaded.patient_ids) == (SplitPolicy.PATIENT_DISJOINT, PatientIds.SOURCE)
+    (folder / META_JSON).write_text(json.dumps({**meta, "split_policy": "mixed"}))
+    with pytest.raises(ManifestError, match=r"manifest\.json: split_policy 'mixed' is not one of"):
+        Manifest.load(folder)
+
+
+def test_a_declared_split_overlap_passes_and_nothing_else_does(manifest: Manifest) -> None:
+    crossing = _swap(manifest, 3, patient_id="p1")
+    assert "record 3 (d.png): patient p1 is in splits ['test', 'train']" in _errors(crossing)
+    declared = replace(crossing, split_policy=SplitPolicy.OVERLAP_REPORTED)
+    kept, exclusions = validate(declared)
+    assert kept.records == crossing.records and exclusions == []
+    # Every other check still runs on a declared overlap.
+    bad_box = _swap(declared, 1, boxes=(LesionBox("Mass", Box(5, 5, 5, 9)),))
+    assert "record 1 (b.png): box 0 (Mass 5,5,5,9) is zero-area" in _errors(bad_box)
 
 
 def test_digest_tracks_content(manifest: Manifest) -> None:

@@ -171,7 +171,8 @@ def test_missing_input_files_stop_the_run_before_any_notebook_listing_them_all(
     from lesionsignal.pipeline.runner import main
 
     nih = {"name": "nih", "kind": "nih", "csv": "data/nih/Data_Entry_2017_v2020.csv", "image_dirs": ["data/nih/a"]}
-    det = {"name": "det", "kind": "chestxdet10", "train_json": "x/train.json", "test_json": "x/test.json", "root": "x"}
+    det = {"name": "det", "kind": "chestxdet10", "train_json": "x/train.json", "test_json": "x/test.json"}
+    det["image_dirs"] = ["x"]
     params = _params_with(run_folder, {"cohorts": [nih, det]})
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err

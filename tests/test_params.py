@@ -117,11 +117,47 @@ def test_paper_params_name_every_study_input_and_check_files_lists_them() -> Non
         paper.check_files(ROOT)
     message = str(info.value)
     assert "paper.yaml" in message and "cohorts[1].csv" in message and "cohorts[4].train_json" in message
+    assert "cohorts[4].name_map_jsons[1]" in message and "cohorts[4].image_dirs[0]" in message
+    det = paper.cohort("chestxdet10")
+    assert (det.box_corners, det.split, det.seed) == ("inclusive", "official", 42)
 
 
 def test_cohort_kind_requires_its_files(tmp_path: Path) -> None:
     err = _error(tmp_path, "name: x\nrun: study\ncohorts:\n  - {name: n, kind: nih}\n")
     assert err.key == "cohorts[0].csv" and "required for a nih cohort" in err.reason
+
+
+_DET = "name: x\nrun: study\ncohorts:\n  - {name: d, kind: chestxdet10, train_json: a.json, test_json: b.json, "
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "reason"),
+    [
+        ("image_dirs: [i], root: i", "cohorts[0].root", "ChestX-Det10 images are found in image_dirs"),
+        ("root: i", "cohorts[0].root", "move it there"),
+        ("image_dirs: [i], name_map_jsons: [a.json]", "cohorts[0].name_map_jsons", "train and test JSONs"),
+        ("image_dirs: [i], name_map_jsons: [a, b], name_map_csv: m.csv", "cohorts[0].name_map_csv", "not both"),
+        ("image_dirs: [i], box_corners: closed", "cohorts[0].box_corners", "'closed' is not one of"),
+        ("image_dirs: [i], split: random", "cohorts[0].split", "['official', 'patient_disjoint']"),
+    ],
+)
+def test_chestxdet10_fields_are_checked(tmp_path: Path, fields: str, key: str, reason: str) -> None:
+    err = _error(tmp_path, _DET + fields + "}\n")
+    assert err.key == key and reason in err.reason
+
+
+def test_chestxdet10_defaults_and_optional_files(tmp_path: Path) -> None:
+    text = _DET + "image_dirs: [i, j], name_map_csv: m.csv}\n"
+    det = load_params(_write(tmp_path, text)).cohorts[0]
+    assert (det.box_corners, det.split, det.name_map_jsons) == ("inclusive", "official", ())
+    keys = [key for key, _ in det.required_files()]
+    assert keys == ["train_json", "test_json", "image_dirs[0]", "image_dirs[1]", "name_map_csv"]
+
+
+def test_chestxdet10_only_fields_are_refused_on_other_kinds(tmp_path: Path) -> None:
+    err = _error(tmp_path, "name: x\nrun: study\ncohorts:\n  - {name: n, kind: nih, csv: a.csv, image_dirs: [i], "
+                 "split: patient_disjoint}\n")  # fmt: skip
+    assert err.key == "cohorts[0].split" and "only for chestxdet10 cohorts (this one is nih)" in err.reason
 
 
 def test_duplicate_cohort_names(tmp_path: Path) -> None:

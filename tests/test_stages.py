@@ -3,15 +3,17 @@ on (run once per input, re-run when a parameter or the code they import changes,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lesionsignal.data.manifest import Manifest, ManifestError
+from lesionsignal.core.box import Box
+from lesionsignal.data.manifest import Manifest, ManifestError, SplitPolicy
 from lesionsignal.pipeline import cohorts
 from lesionsignal.pipeline.cohorts import detection_items, splits_of
-from lesionsignal.pipeline.stage import Run, StageName, open_run
+from lesionsignal.pipeline.stage import Run, StageName, open_run, output
 from lesionsignal.pipeline.stages import ensure
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cohorts"
@@ -98,6 +100,68 @@ def test_real_films_cohort_reads_the_registry_films(tmp_path: Path) -> None:
     assert len(manifest.records) == 17
     assert {r.split for r in manifest.records} == {"test"}
     assert "RG1_UNCR.dcm" in {r.image_id for r in manifest.records}
+
+
+def _chestxdet10(tmp_path: Path, **extra) -> dict:
+    """A tiny ChestX-Det10 in both releases: numeric names in train/test.json, NIH names in the first release,
+    patient 00000001 on both sides of the split; the images under their NIH names in two folders."""
+    nih = [["00000001_000.png", "00000002_000.png", "00000003_000.png"], ["00000001_001.png", "00000004_000.png"]]
+    boxes = (
+        [[["Nodule"], [[10, 20, 30, 40]]], [[], []], [["Mass"], [[100, 100, 300, 300]]]],
+        [[["Nodule"], [[5, 5, 9, 9]]], [[], []]],
+    )
+    folders = [tmp_path / "images_001", tmp_path / "images_002"]
+    paths: dict[str, list[str]] = {"json": [], "map": []}
+    for side, (split, names) in enumerate(zip(("train", "test"), nih, strict=True)):
+        for key, file_names, suffix in (
+            ("json", [f"{side}{k}.png" for k in range(len(names))], ""),
+            ("map", names, "_v20200617"),
+        ):
+            records = [
+                {"file_name": n, "syms": b[0], "boxes": b[1]} for n, b in zip(file_names, boxes[side], strict=True)
+            ]
+            target = tmp_path / f"{split}{suffix}.json"
+            target.write_text(json.dumps(records))
+            paths[key].append(str(target))
+        for k, name in enumerate(names):
+            folders[k % 2].mkdir(exist_ok=True)
+            (folders[k % 2] / name).touch()
+    return {
+        "name": "det",
+        "kind": "chestxdet10",
+        "uses": ["lesions"],
+        "train_json": paths["json"][0],
+        "test_json": paths["json"][1],
+        "name_map_jsons": paths["map"],
+        "image_dirs": [str(f) for f in folders],
+        **extra,
+    }
+
+
+def test_chestxdet10_official_split_is_kept_and_its_overlap_recorded(tmp_path: Path) -> None:
+    run = open_run(_params(tmp_path, _chestxdet10(tmp_path)))
+    manifest = read_cohort(run, "det")
+    assert manifest.split_policy is SplitPolicy.OVERLAP_REPORTED
+    assert {r.image_id: r.patient_id for r in manifest.records}["00000001_001.png"] == "00000001"
+    record = json.loads((cohorts.manifest_folder(run, "det") / "manifest.json").read_text())
+    assert record["split_policy"] == "overlap_reported" and record["patient_ids"] == "source"
+    shared = output(run, StageName.COHORTS, cohorts.SPLITS).set_index("split")
+    assert shared.loc["train", ["cohort", "images", "shared_patients", "shared_images"]].tolist() == ["det", 3, 1, 1]
+    assert shared.loc["test", ["images", "shared_patients", "shared_images"]].tolist() == [2, 1, 1]
+    boxes = {r.image_id: r.boxes for r in manifest.records}
+    assert boxes["00000001_000.png"][0].box == Box(10, 20, 31, 41)  # inclusive corners by default
+
+
+def test_chestxdet10_patient_disjoint_resplit_through_the_parameters(tmp_path: Path) -> None:
+    cohort = _chestxdet10(tmp_path, split="patient_disjoint", seed=3, box_corners="half_open")
+    run = open_run(_params(tmp_path, cohort))
+    manifest = read_cohort(run, "det")
+    assert manifest.split_policy is SplitPolicy.PATIENT_DISJOINT
+    splits = splits_of(manifest)
+    # Patient 00000001 (2 images) would double the official test size of 2: it joins train, whole.
+    assert splits["00000001_000.png"] == splits["00000001_001.png"] == "train"
+    assert output(run, StageName.COHORTS, cohorts.SPLITS)["shared_patients"].tolist() == [0, 0, 0]
+    assert {r.image_id: r.boxes for r in manifest.records}["00000001_000.png"][0].box == Box(10, 20, 30, 40)
 
 
 def test_institutional_cohort_with_its_own_columns_and_16_bit_windows(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lesionsignal.data.chestxdet10 import LESION_CLASSES, check_classes, class_labels, read_det_pair
+from lesionsignal.data.chestxdet10 import LESION_CLASSES, BoxCorners, check_classes, class_labels, read_det_pair
 from lesionsignal.data.manifest import DISEASES, Manifest, ManifestError, Problem, Record
 from lesionsignal.data.tables import Row, parse_binary, parse_rows, read_table, require_unique, sorted_manifest
 
@@ -28,7 +28,8 @@ def read_demo(folder: str | Path, *, classes: Sequence[str] = LESION_CLASSES, co
     if tuple(table.columns) != DEMO_COLUMNS:
         raise ManifestError(folder / "labels.csv", f"columns {list(table.columns)} != {list(DEMO_COLUMNS)}")
     require_unique(table["image_id"].tolist(), folder / "labels.csv", "image_id")
-    entries = read_det_pair(folder / "train.json", folder / "test.json")
+    # The generator writes each box as core.box.Box.as_tuple(): half-open, unlike ChestX-Det10's inclusive corners.
+    entries = read_det_pair(folder / "train.json", folder / "test.json", corners=BoxCorners.HALF_OPEN)
 
     def record(row: Row) -> Record:
         image_id = row["image_id"]

@@ -42,6 +42,20 @@ class Split(enum.StrEnum):
     TEST = "test"
 
 
+class SplitPolicy(enum.StrEnum):
+    """What the validator demands of a cohort's splits; a manifest declares it, so no check is skipped silently."""
+
+    PATIENT_DISJOINT = "patient_disjoint"  # no patient in two splits (every cohort but the one below)
+    OVERLAP_REPORTED = "overlap_reported"  # a published split that crosses patients, kept as published and reported
+
+
+class PatientIds(enum.StrEnum):
+    """Where a manifest's patient ids come from."""
+
+    SOURCE = "source"  # the source names each image's patient (a column, an NIH file-name prefix)
+    PER_IMAGE = "per_image"  # the source names none: each image is its own patient, so nothing groups by patient
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad row: where it is (``record 3``, ``line 5``, ``train.json[12]``), its image id and why."""
@@ -115,11 +129,14 @@ class Record:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A cohort: its records in a fixed order and the names of the 0/1 labels every record carries."""
+    """A cohort: its records in a fixed order, the names of the 0/1 labels every record carries, and what its
+    split and patient ids may be trusted for."""
 
     cohort: str
     records: tuple[Record, ...]
     label_names: tuple[str, ...]
+    split_policy: SplitPolicy = SplitPolicy.PATIENT_DISJOINT
+    patient_ids: PatientIds = PatientIds.SOURCE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "records", tuple(self.records))
@@ -182,7 +199,13 @@ class Manifest:
 
     def canonical_bytes(self) -> tuple[bytes, bytes, bytes]:
         """The exact bytes of manifest.json, manifest.csv and boxes.csv."""
-        meta = {"cohort": self.cohort, "format": FORMAT_VERSION, "label_names": list(self.label_names)}
+        meta = {
+            "cohort": self.cohort,
+            "format": FORMAT_VERSION,
+            "label_names": list(self.label_names),
+            "patient_ids": self.patient_ids.value,
+            "split_policy": self.split_policy.value,
+        }
         meta_bytes = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
         records = csv_bytes([*RECORD_COLUMNS, *self.label_names], (_record_row(r) for r in self.records))
         boxes = csv_bytes(
@@ -218,10 +241,10 @@ class Manifest:
         for name in (META_JSON, MANIFEST_CSV, BOXES_CSV):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: manifest file not found")
-        cohort, label_names = _read_meta(folder / META_JSON)
+        meta = _read_meta(folder / META_JSON)
         boxes = _read_boxes(folder / BOXES_CSV)
-        records = _read_records(folder / MANIFEST_CSV, label_names, boxes)
-        return cls(cohort=cohort, records=records, label_names=label_names)
+        records = _read_records(folder / MANIFEST_CSV, meta.label_names, boxes)
+        return cls(meta.cohort, tuple(records), meta.label_names, meta.split_policy, meta.patient_ids)
 
 
 def _record_row(record: Record) -> tuple[object, ...]:
@@ -259,14 +282,36 @@ def load_json(path: Path) -> object:
         raise ManifestError(path, f"not valid JSON ({err})") from None
 
 
-def _read_meta(path: Path) -> tuple[str, tuple[str, ...]]:
+@dataclass(frozen=True)
+class _Meta:
+    cohort: str
+    label_names: tuple[str, ...]
+    split_policy: SplitPolicy
+    patient_ids: PatientIds
+
+
+def _read_meta(path: Path) -> _Meta:
     meta = load_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise ManifestError(path, f"expected an object with format {FORMAT_VERSION}")
     cohort, names = meta.get("cohort"), meta.get("label_names")
     if not isinstance(cohort, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ManifestError(path, "needs 'cohort' (a string) and 'label_names' (a list of strings)")
-    return cohort, tuple(names)
+    # Manifests saved before these keys existed were all patient-disjoint with patient ids from the source.
+    policy = _meta_enum(path, meta, "split_policy", SplitPolicy, SplitPolicy.PATIENT_DISJOINT)
+    patients = _meta_enum(path, meta, "patient_ids", PatientIds, PatientIds.SOURCE)
+    return _Meta(cohort, tuple(names), policy, patients)
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _meta_enum(path: Path, meta: dict, key: str, kind: type[E], default: E) -> E:
+    value = meta.get(key, default.value)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ManifestError(path, f"{key} {value!r} is not one of {[k.value for k in kind]}") from None
 
 
 def _csv_rows(path: Path, header: Sequence[str]) -> Iterable[tuple[int, list[str]]]:

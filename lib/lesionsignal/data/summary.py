@@ -1,4 +1,5 @@
-"""Cohort summaries for the paper's tables: label prevalence per split, and lesion box sizes per class."""
+"""Cohort summaries for the paper's tables: label prevalence per split, lesion box sizes per class, and the
+patients a split shares with another."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from lesionsignal.data.manifest import Manifest, Split
+from lesionsignal.data.manifest import Manifest, PatientIds, Split, SplitPolicy
 
 
 def describe(manifest: Manifest) -> pd.DataFrame:
@@ -63,6 +64,66 @@ def box_size_summary(manifest: Manifest) -> pd.DataFrame:
     columns = ["split", "label", "is_target", "boxes", "images", "area_median", "area_q1", "area_q3"]
     columns += ["area_iqr", "side_median", "width_median", "height_median"]
     return pd.DataFrame(rows, columns=columns)
+
+
+SPLIT_OVERLAP_COLUMNS = (
+    "split",
+    "images",
+    "patients",
+    "shared_patients",  # patients of this split with images in another split too
+    "shared_images",  # this split's images of those patients
+    "split_policy",
+    "patient_ids",
+)
+
+
+def split_overlap(manifest: Manifest) -> pd.DataFrame:
+    """Per split (and "all"): images, patients, and the patients (and their images) shared with another split.
+
+    On "all", the shared counts are over every split. ``split_policy`` and ``patient_ids`` repeat the manifest's
+    declarations, so the table says whether an overlap was allowed and whether patients could be seen at all.
+    """
+    frame = manifest.frame()[["patient_id", "split"]]
+    splits_of_patient = frame.groupby("patient_id")["split"].nunique()
+    shared = set(splits_of_patient[splits_of_patient > 1].index)
+    parts = [(name, frame[frame["split"] == name]) for name in _split_order(frame["split"])]
+    rows = [
+        (
+            split,
+            len(part),
+            part["patient_id"].nunique(),
+            len(shared & set(part["patient_id"])),
+            int(part["patient_id"].isin(shared).sum()),
+            manifest.split_policy.value,
+            manifest.patient_ids.value,
+        )
+        for split, part in [*parts, ("all", frame)]
+    ]
+    return pd.DataFrame(rows, columns=list(SPLIT_OVERLAP_COLUMNS))
+
+
+def split_notes(manifest: Manifest) -> list[str]:
+    """Sentences a report prints beside a cohort whose split or patient ids are not the usual guarantee."""
+    notes = []
+    unknown = manifest.patient_ids is PatientIds.PER_IMAGE
+    if manifest.split_policy is SplitPolicy.OVERLAP_REPORTED and unknown:
+        notes.append(
+            f"{manifest.cohort}: the published split is kept; it may put a patient's images on both sides, "
+            "which cannot be counted without patient ids."
+        )
+    elif manifest.split_policy is SplitPolicy.OVERLAP_REPORTED:
+        table = split_overlap(manifest).set_index("split")
+        per_split = ", ".join(f"{table.at[s, 'shared_images']:,} {s}" for s in table.index if s != "all")
+        notes.append(
+            f"{manifest.cohort}: the published split is kept although {table.at['all', 'shared_patients']:,} "
+            f"patients have images on both sides ({per_split} images); results on it are not patient-disjoint."
+        )
+    if unknown:
+        notes.append(
+            f"{manifest.cohort}: the source names no patients, so each image is its own patient: grouped "
+            "cross-validation cannot keep a patient's images together."
+        )
+    return notes
 
 
 def _split_order(names: Iterable[str]) -> list[str]:

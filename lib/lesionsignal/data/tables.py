@@ -88,7 +88,7 @@ def locate_images(names: Sequence[str], folders: Path | Sequence[Path], source: 
     for name in names:
         hits = found.get(name, [])
         if len(hits) != 1:
-            where = ", ".join(str(p.parent) for p in hits) if hits else ", ".join(map(str, folders))
+            where = ", ".join(map(str, hits)) if hits else ", ".join(map(str, folders))
             reason = "found in several folders" if hits else "image not found in"
             problems.append(Problem("image", name, f"{reason}: {where}"))
     if problems:

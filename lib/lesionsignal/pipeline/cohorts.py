@@ -3,7 +3,9 @@
 Each cohort of the parameters is read by the adapter of its kind, validated (files, unique ids, patient-disjoint
 splits, boxes inside the canvas) and saved as a manifest in the stage's folder; later stages read the manifests and
 never the sources again. Problems raise, naming file and row, unless the cohort allows exclusion
-(``exclude_invalid``): the excluded rows are then listed beside its manifest.
+(``exclude_invalid``): the excluded rows are then listed beside its manifest. A split that crosses patients passes
+only where the manifest declares it (ChestX-Det10's official split); ``splits.json`` records, for every cohort, the
+patients and images each split shares with another.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from lesionsignal.config.params import Analysis, CohortKind, CohortParams, resolve
 from lesionsignal.core.files import atomic_write_text
-from lesionsignal.data.chestxdet10 import read_chestxdet10
+from lesionsignal.data.chestxdet10 import BoxCorners, DetSplit, read_chestxdet10
 from lesionsignal.data.demo_cohort import read_demo
 from lesionsignal.data.images import ImageItem
 from lesionsignal.data.institutional import InstitutionalColumns, read_institutional
@@ -25,13 +28,15 @@ from lesionsignal.data.mimic import read_mimic
 from lesionsignal.data.nih import read_nih
 from lesionsignal.data.real_films import read_real_films
 from lesionsignal.data.registry import ct_paths, real_films
+from lesionsignal.data.summary import SPLIT_OVERLAP_COLUMNS, split_overlap
 from lesionsignal.data.validation import Exclusion, validate, write_exclusions
 from lesionsignal.demo.build import build_demo_cohort
 from lesionsignal.demo.config import cohort_folder_name
-from lesionsignal.pipeline.stage import Run, StageName
+from lesionsignal.pipeline.stage import Run, StageName, write_output
 
 MANIFESTS = "manifests"
 DEMO_RECORD = "demo_cohort.json"
+SPLITS = "splits.json"  # per cohort and split: images, patients, and those shared with another split
 
 
 def demo_cohort_folder(run: Run) -> Path:
@@ -101,12 +106,18 @@ def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
         films = real_films(run.catalog.data_cache)
         return read_real_films([(f.film_id, f.path, f.group, f.label) for f in films], cohort=cohort.name)
     if kind is CohortKind.CHESTXDET10:
+        maps = cohort.name_map_jsons
         return read_chestxdet10(
             path(cohort.train_json),
             path(cohort.test_json),
-            path(cohort.root),
+            [path(p) for p in cohort.image_dirs],
             classes=params.lesions.classes,
             cohort=cohort.name,
+            corners=BoxCorners(cohort.box_corners),
+            name_map_jsons=(path(maps[0]), path(maps[1])) if maps else None,
+            name_map_csv=path(cohort.name_map_csv) if cohort.name_map_csv else None,
+            split=DetSplit(cohort.split),
+            seed=cohort.seed,
         )
     raise ValueError(f"{params.source}: cohort {cohort.name!r}: kind {kind.value} has no adapter")
 
@@ -123,13 +134,19 @@ def checked_cohort(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclu
 
 
 def compute_cohorts(run: Run) -> bool:
-    """Every cohort of the run, validated and saved (with its exclusion list when rows were excluded)."""
+    """Every cohort of the run, validated and saved (with its exclusion list when rows were excluded), and the
+    patients each split shares with another: zero unless a manifest declares a published overlap (ChestX-Det10)."""
+    overlaps = []
     for cohort in run.params.cohorts:
         checked, exclusions = checked_cohort(run, cohort)
         folder = manifest_folder(run, cohort.name)
         checked.save(folder)
         if exclusions:
             write_exclusions(folder / "exclusions.csv", exclusions)
+        overlaps.append(split_overlap(checked).assign(cohort=cohort.name))
+    columns = ["cohort", *SPLIT_OVERLAP_COLUMNS]
+    frame = pd.concat(overlaps, ignore_index=True)[columns] if overlaps else pd.DataFrame(columns=columns)
+    write_output(run, StageName.COHORTS, SPLITS, frame)
     return True
 
 
