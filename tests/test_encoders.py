@@ -12,7 +12,7 @@ import torch
 
 from lesionsignal.core.torch_compat import ensure_torchvision
 from lesionsignal.features.encoder import Encoder, load_encoder
-from lesionsignal.features.geometry import Geometry, GeometryMismatch
+from lesionsignal.features.geometry import Geometry
 from lesionsignal.features.registry import (
     DEMO_ENCODERS,
     RANDOM_INIT,
@@ -369,13 +369,13 @@ def test_local_processor_config_is_checked(tmp_path, loaded) -> None:
     spec = resolve_spec(_as_real(TINY_DINOV2), source=tmp_path)
     assert load_encoder(spec).spec.source == str(tmp_path)
     BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}).save_pretrained(tmp_path)
-    with pytest.raises(GeometryMismatch, match="mean"):  # the CLIP default statistics, not the registry's
+    with pytest.raises(EncoderMismatch, match="mean: registry"):  # the CLIP default statistics, not the registry's
         load_encoder(spec)
 
 
 def test_study_spec_rejects_a_folder_with_other_dimensions(tmp_path, loaded) -> None:
     loaded[TINY_DINOV2.id].module.save_pretrained(tmp_path)
-    with pytest.raises(EncoderMismatch, match="dim: registry 768 vs model 32"):
+    with pytest.raises(EncoderMismatch, match="hidden_size: registry 768 vs 32"):  # refused before any weight
         load_encoder(resolve_spec("dinov2-b14", source=tmp_path))
 
 
@@ -400,7 +400,7 @@ def test_load_open_clip_vision_tower_from_folder(tmp_path, loaded) -> None:
     (tmp_path / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {**preprocess_cfg, "size": 256}})
     )
-    with pytest.raises(GeometryMismatch, match="size"):
+    with pytest.raises(EncoderMismatch, match="resize: registry 224 vs 256"):
         load_encoder(resolve_spec(_as_real(TINY_OPEN_CLIP), source=tmp_path))
 
 

@@ -133,3 +133,21 @@ def test_findings_read_as_key_and_message() -> None:
     assert (
         str(Finding(Severity.FATAL, "cohorts[0].csv", "x does not exist")) == "fatal: cohorts[0].csv: x does not exist"
     )
+
+
+def test_an_encoder_folder_that_disagrees_with_the_registry_and_a_refused_precision_are_fatal(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "dinov2"
+    folder.mkdir()
+    config = {"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 1, "num_attention_heads": 12}
+    (folder / "config.json").write_text(json.dumps({**config, "patch_size": 16, "image_size": 518}))
+    (folder / "model.safetensors").write_bytes(b"")
+    encoders = [
+        {"id": "dinov2-b14", "source": str(folder)},
+        {"id": "dinov3-vit7b16", "source": str(folder), "dtype": "float16"},
+    ]
+    report = check(_params(run_folder, encoders=encoders), ROOT, measure=False)
+    fatal = [str(f) for f in report.fatal]
+    assert any("encoders[0] (dinov2-b14)" in f and "patch_size: registry 14 vs 16" in f for f in fatal), fatal
+    assert any(f.startswith("fatal: encoders[1] (dinov3-vit7b16).dtype:") and "float16" in f for f in fatal), fatal

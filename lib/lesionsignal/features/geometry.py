@@ -129,7 +129,12 @@ class Geometry:
         return sx1, sy1, sx2, sy2
 
     def differences(self, other: Geometry) -> list[str]:
-        """Fields in which two geometries give different model inputs (a crop equal to the resize is no crop)."""
+        """Fields in which two geometries give different model inputs, as "field: self vs other"."""
+        return [f"{name}: {mine!r} vs {theirs!r}" for name, mine, theirs in self.field_differences(other)]
+
+    def field_differences(self, other: Geometry) -> list[tuple[str, Any, Any]]:
+        """(field, this value, other value) for each field that changes the model input (a crop equal to the resize
+        is no crop; mean and std compare to float precision)."""
         out = []
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
@@ -140,7 +145,7 @@ class Geometry:
             else:
                 same = a == b
             if not same:
-                out.append(f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}")
+                out.append((f.name, getattr(self, f.name), getattr(other, f.name)))
         return out
 
     @classmethod

@@ -1,13 +1,14 @@
 """Building encoder modules: random-init models of the real classes, and real weights from a hub id or a folder.
 
-A local directory never touches the network. Whatever the source, the module's structure (patch, width, prefix
-tokens) is checked against its registry entry.
+A local directory never touches the network, and with HF_HUB_OFFLINE set a hub source loads from its cache. Before a
+weight is read, the source's configs are compared with its registry entry (``lesionsignal.features.sources``); after
+loading, the module's structure (patch, width, prefix tokens, native size) is checked again.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -17,16 +18,33 @@ import torch
 
 from lesionsignal.core.progress import widgetless_tqdm
 from lesionsignal.core.torch_compat import ensure_torchvision
-from lesionsignal.features.geometry import Geometry, GeometryMismatch
 from lesionsignal.features.registry import (
     OPEN_CLIP_HUB,
     TORCHVISION_WEIGHTS,
     EncoderKind,
     EncoderMismatch,
     EncoderSpec,
+    SourceNotFound,
+    UnsupportedPrecision,
+    precision_problem,
 )
-
-_OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+from lesionsignal.features.sources import (
+    HF_CONFIG,
+    HF_PROCESSOR,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHTS,
+    backbone_state,
+    checkpoint_in,
+    checkpoint_mismatches,
+    hub_offline,
+    is_remote,
+    locate,
+    open_clip_mismatches,
+    read_json,
+    read_state,
+    square_side,
+    transformers_mismatches,
+)
 
 # ---- random-init builders (tiny configs of the same classes the real weights load into)
 
@@ -86,83 +104,103 @@ _BUILDERS: Mapping[EncoderKind, Callable[[EncoderSpec], torch.nn.Module]] = Mapp
 
 
 # ---- real weights: hub id or local directory (a local directory never touches the network)
+# Every loader compares the source's configs with the registry (lesionsignal.features.sources) before it reads a
+# weight, so a folder that disagrees is refused naming the field, not after minutes of loading or, worse, silently.
 
 
 def _load_transformers(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
     with widgetless_tqdm():
-        from transformers import (
-            AutoConfig,
-            Dinov2Model,
-            Dinov2WithRegistersModel,
-            DINOv3ViTModel,
-            SiglipVisionModel,
-        )
+        from transformers import Dinov2Model, Dinov2WithRegistersModel, DINOv3ViTModel, SiglipVisionModel
 
     classes = {
-        EncoderKind.DINOV2: {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel},
-        EncoderKind.DINOV3: {"dinov3_vit": DINOv3ViTModel},
-        EncoderKind.SIGLIP: {"siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel},
-    }[spec.kind]
-    model_type = AutoConfig.from_pretrained(spec.source, revision=spec.revision).model_type
-    if model_type not in classes:
-        raise EncoderMismatch(
-            f"{spec.id}: {spec.source} holds a {model_type!r} model; kind {spec.kind.value} takes {sorted(classes)}"
-        )
-    _check_processor(spec)
-    return classes[model_type].from_pretrained(spec.source, revision=spec.revision, dtype=dtype)
-
-
-def _check_processor(spec: EncoderSpec) -> None:
-    """Compare the source's preprocessor_config.json, when it has one, with the registry geometry."""
-    config = _read_source_json(spec, "preprocessor_config.json")
+        "dinov2": Dinov2Model,
+        "dinov2_with_registers": Dinov2WithRegistersModel,
+        "dinov3_vit": DINOv3ViTModel,
+        "siglip": SiglipVisionModel,  # a whole SiglipModel checkpoint: only its vision tower is built and loaded
+        "siglip_vision_model": SiglipVisionModel,
+    }
+    config = _read_source_json(spec, HF_CONFIG)
     if config is None:
-        return
-    found = Geometry.from_processor_config(config, spec.geometry.patch, f"{spec.source}/preprocessor_config.json")
-    diffs = spec.geometry.differences(found)
-    if diffs:
-        raise GeometryMismatch(f"{spec.id}: registry geometry vs {spec.source} processor config: {'; '.join(diffs)}")
+        raise SourceNotFound(f"{spec.id}: {spec.source} has no {HF_CONFIG}")
+    processor = _read_source_json(spec, HF_PROCESSOR)
+    _refuse(spec, transformers_mismatches(spec, config, processor, _where(spec)))
+    with _quiet_load_report():
+        model, info = classes[config["model_type"]].from_pretrained(
+            spec.source, revision=spec.revision, dtype=dtype, output_loading_info=True
+        )
+    if info["missing_keys"]:  # transformers would leave them randomly initialised
+        missing = sorted(info["missing_keys"])
+        raise EncoderMismatch(f"{spec.id}: {_where(spec)} lacks {len(missing)} weights of the model: {missing[:5]}")
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report: MedSigLIP's checkpoint lists its whole text tower as unexpected, and the
+    loader itself refuses missing weights (above) while a shape mismatch raises."""
+    with widgetless_tqdm():
+        from transformers.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(hf_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _read_source_json(spec: EncoderSpec, name: str) -> dict[str, Any] | None:
     if Path(spec.source).is_dir():
         path = Path(spec.source) / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
     with widgetless_tqdm():
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
     try:
-        return json.loads(Path(hf_hub_download(spec.source, name, revision=spec.revision)).read_text())
+        return read_json(Path(hf_hub_download(spec.source, name, revision=spec.revision)))
     except RemoteEntryNotFoundError:  # the repository has no such file (offline misses still raise)
         return None
 
 
+def _where(spec: EncoderSpec) -> str:
+    return f"{spec.source}@{spec.revision}" if spec.revision else spec.source
+
+
+def _refuse(spec: EncoderSpec, mismatches: list[str]) -> None:
+    if mismatches:
+        raise EncoderMismatch(f"{spec.id}: {_where(spec)} disagrees with the registry: {'; '.join(mismatches)}")
+
+
 def _load_open_clip(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
-    """The vision tower only: the text tower (an HF BERT for BiomedCLIP) is never built or fetched."""
+    """The vision tower only: the text tower (an HF BERT for BiomedCLIP) and its tokenizer are never built or
+    fetched, so a local folder loads with the network off (open_clip's own loader reaches for the hub)."""
     folder = Path(spec.source)
     if spec.source.startswith(OPEN_CLIP_HUB):
         with widgetless_tqdm():
             from huggingface_hub import snapshot_download
 
-        patterns = ["open_clip_config.json", "*.safetensors", "*.bin"]
         repo = spec.source[len(OPEN_CLIP_HUB) :]
+        patterns = [OPEN_CLIP_CONFIG, *OPEN_CLIP_WEIGHTS]
         folder = Path(snapshot_download(repo, revision=spec.revision, allow_patterns=patterns))
-    config_path = folder / "open_clip_config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{spec.id}: {config_path} not found (an open_clip folder needs open_clip_config.json)")
-    full = json.loads(config_path.read_text())
-    _check_open_clip_preprocess(spec, full.get("preprocess_cfg", {}), str(config_path))
+    found, missing = locate(replace(spec, source=str(folder)))
+    if found is None or missing:
+        raise SourceNotFound(f"{spec.id}: {'; '.join(missing)}")
+    full = read_json(folder / OPEN_CLIP_CONFIG)
+    _refuse(spec, open_clip_mismatches(spec, full, str(folder / OPEN_CLIP_CONFIG)))
     model_cfg = full["model_cfg"]
-    tower = _open_clip_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg.get("quick_gelu", False))
-    candidates = [folder / name for name in _OPEN_CLIP_WEIGHTS if (folder / name).is_file()]
-    if not candidates:
-        raise FileNotFoundError(f"{spec.id}: none of {', '.join(_OPEN_CLIP_WEIGHTS)} in {folder}")
-    checkpoint = candidates[0]
-    state = {k.removeprefix("visual."): v for k, v in _read_state(checkpoint).items() if k.startswith("visual.")}
+    with torch.device("meta"):  # no initialisation (seconds for a ViT-B): every tensor comes from the checkpoint
+        tower = _open_clip_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg.get("quick_gelu", False))
+    checkpoint = next(folder / name for name in OPEN_CLIP_WEIGHTS if (folder / name).is_file())
+    state = {k.removeprefix("visual."): v for k, v in read_state(checkpoint).items() if k.startswith("visual.")}
     try:
-        tower.load_state_dict(state, strict=True)
+        tower.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
-        raise EncoderMismatch(f"{spec.id}: {checkpoint} does not fit its open_clip_config.json: {err}") from None
+        raise EncoderMismatch(f"{spec.id}: {checkpoint} does not fit its {OPEN_CLIP_CONFIG}: {err}") from None
+    unfilled = [name for name, t in [*tower.named_parameters(), *tower.named_buffers()] if t.is_meta]
+    if unfilled:  # a non-persistent buffer the checkpoint cannot carry
+        raise EncoderMismatch(f"{spec.id}: the open_clip tower has tensors no checkpoint fills: {unfilled[:5]}")
     return tower
 
 
@@ -176,29 +214,6 @@ def _open_clip_tower(embed_dim: int, vision_cfg: Mapping[str, Any], quick_gelu: 
     if not hasattr(tower, "trunk"):
         raise EncoderMismatch("only timm-trunk open_clip vision towers (as in BiomedCLIP) are supported")
     return tower
-
-
-def _check_open_clip_preprocess(spec: EncoderSpec, cfg: Mapping[str, Any], where: str) -> None:
-    """open_clip's eval transform is Resize(size, shortest edge) + CenterCrop(size): no crop on a square canvas."""
-    g = spec.geometry
-    size = cfg.get("size", g.resize)
-    sides = set(size) if isinstance(size, list | tuple) else {size}
-    try:
-        if len(sides) != 1:
-            raise ValueError(f"size {size} is not square")
-        found = replace(
-            g,
-            resize=int(sides.pop()),
-            crop=None,
-            mean=tuple(cfg.get("mean", g.mean)),
-            std=tuple(cfg.get("std", g.std)),
-            interpolation=cfg.get("interpolation", g.interpolation),
-        )
-    except ValueError as err:
-        raise GeometryMismatch(f"{spec.id}: {where} preprocess_cfg: {err}") from None
-    diffs = g.differences(found)
-    if diffs:
-        raise GeometryMismatch(f"{spec.id}: registry geometry vs {where} preprocess_cfg: {'; '.join(diffs)}")
 
 
 def _load_resnet(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
@@ -225,35 +240,12 @@ def _resnet_state(spec: EncoderSpec) -> dict[str, torch.Tensor]:
         raw = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
         raw = {key.removeprefix("module."): value for key, value in raw.items()}
     else:
-        path = Path(source)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".pth", ".pt", ".safetensors", ".bin"))
-            if len(found) != 1:
-                raise FileNotFoundError(
-                    f"{spec.id}: expected one checkpoint in {path}, found {[p.name for p in found]}"
-                )
-            path = found[0]
-        if not path.is_file():
-            raise FileNotFoundError(f"{spec.id}: checkpoint {path} not found")
-        raw = _read_state(path)
-    # The classifier and DINO's projection head are not part of the backbone.
-    state = {key.removeprefix("backbone."): value for key, value in raw.items()}
-    return {key: value for key, value in state.items() if not key.startswith(("fc.", "head."))}
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or torch checkpoint, un-nested and without DataParallel's "module." prefix."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw: Any = load_file(str(path))
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("teacher", "state_dict", "model"):  # DINO training checkpoints nest the weights; take the teacher
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            raw = raw[key]
-            break
-    return {key.removeprefix("module."): value for key, value in raw.items()}
+        path = checkpoint_in(Path(source))
+        if isinstance(path, str):
+            raise SourceNotFound(f"{spec.id}: {path}")
+        _refuse(spec, checkpoint_mismatches(spec, path))
+        raw = read_state(path)
+    return backbone_state(raw)
 
 
 _LOADERS: Mapping[EncoderKind, Callable[[EncoderSpec, torch.dtype], torch.nn.Module]] = MappingProxyType(
@@ -271,42 +263,63 @@ _LOADERS: Mapping[EncoderKind, Callable[[EncoderSpec, torch.dtype], torch.nn.Mod
 
 
 def check_structure(spec: EncoderSpec, module: torch.nn.Module) -> None:
-    """Patch size, width and prefix-token count of the module must be what the registry entry says."""
-    found: dict[str, int] = {}
+    """Patch size, width, prefix-token count and (where the registry says it) native image size of the built
+    module must be what the registry entry says; the configs were compared before loading, this checks the result."""
+    found: dict[str, Any] = {}
     if spec.kind in (EncoderKind.DINOV2, EncoderKind.DINOV3, EncoderKind.SIGLIP):
         cfg = module.config
-        found["patch"] = _as_int(cfg.patch_size)
+        found["patch"] = square_side(cfg.patch_size)
         found["dim"] = cfg.hidden_size
         cls = 0 if spec.kind is EncoderKind.SIGLIP else 1
-        found["prefix_tokens"] = cls + getattr(cfg, "num_register_tokens", 0)
+        found["prefix_tokens"] = cls + (getattr(cfg, "num_register_tokens", 0) or 0)
+        found["native_size"] = square_side(cfg.image_size)
     elif spec.kind is EncoderKind.OPEN_CLIP:
-        found["patch"] = _as_int(module.trunk.patch_embed.patch_size)
+        found["patch"] = square_side(module.trunk.patch_embed.patch_size)
         found["dim"] = module.trunk.num_features
         found["prefix_tokens"] = module.trunk.num_prefix_tokens
+        found["native_size"] = square_side(module.image_size)
     else:
         found["dim"] = module.inplanes  # torchvision leaves it at layer4's output width
-    expected = {"patch": spec.geometry.patch, "dim": spec.dim, "prefix_tokens": spec.prefix_tokens}
-    diffs = [f"{k}: registry {expected[k]} vs model {v}" for k, v in found.items() if v != expected[k]]
+    expected = {
+        "patch": spec.geometry.patch,
+        "dim": spec.dim,
+        "prefix_tokens": spec.prefix_tokens,
+        "native_size": spec.native_size,
+    }
+    diffs = [
+        f"{k}: registry {expected[k]} vs model {v}"
+        for k, v in found.items()
+        if expected[k] is not None and v != expected[k]
+    ]
     if diffs:
         raise EncoderMismatch(f"{spec.id} ({spec.source}): {'; '.join(diffs)}")
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, list | tuple):
-        if len(set(value)) != 1:
-            raise EncoderMismatch(f"non-square patch size {value}")
-        return int(value[0])
-    return int(value)
 
 
 def build_module(spec: EncoderSpec, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     """The spec's module: built from ``seed`` (random-init specs) or loaded from its source, not yet moved."""
     ensure_torchvision()  # transformers' and timm's vision code import torchvision
+    refused = precision_problem(spec, dtype)
+    if refused:
+        raise UnsupportedPrecision(refused)
     if spec.random_init:
         with torch.random.fork_rng(devices=[]):  # seeds the build without disturbing the caller's generator
             torch.manual_seed(seed)
             return _BUILDERS[spec.kind](spec)
-    return _LOADERS[spec.kind](spec, dtype)
+    return _LOADERS[spec.kind](_available(spec), dtype)
+
+
+def _available(spec: EncoderSpec) -> EncoderSpec:
+    """What to load from: the spec itself when it may be fetched; when the hub is offline (HF_HUB_OFFLINE), its
+    cached copy as a local source, so no library call reaches for the network. A local source must be whole.
+    Either way an absent source stops here with what is missing, not with a library's traceback."""
+    remote = is_remote(spec)
+    if remote and not hub_offline():
+        return spec  # fetched, or found in the cache, by the loader
+    found, missing = locate(spec)
+    if found is None or missing:
+        offline = " (the hub is offline: HF_HUB_OFFLINE is set)" if remote else ""
+        raise SourceNotFound(f"{spec.id}: {'; '.join(missing)}{offline}")
+    return replace(spec, source=str(found), revision=None) if remote else spec
 
 
 # ---- shapes only: the module a source would load, on the meta device, for counting its cost
@@ -316,30 +329,19 @@ def skeleton(spec: EncoderSpec) -> torch.nn.Module | None:
     """The spec's module on the meta device (shapes, no weights), from the random-init configuration or from the
     configuration file of its source when that is on this machine (a local folder, or the hub cache); else None."""
     ensure_torchvision()
-    with torch.device("meta"):
-        if spec.random_init or spec.kind is EncoderKind.RESNET:
+    if spec.random_init or spec.kind is EncoderKind.RESNET:
+        with torch.device("meta"):
             return _BUILDERS[spec.kind](spec)
+    folder, _ = locate(spec)  # the configuration is enough: missing weights do not change the cost
+    config_name = OPEN_CLIP_CONFIG if spec.kind is EncoderKind.OPEN_CLIP else HF_CONFIG
+    if folder is None or not (folder / config_name).is_file():
+        return None
+    config = read_json(folder / config_name)
+    with torch.device("meta"):
         if spec.kind is EncoderKind.OPEN_CLIP:
-            full = _offline_json(spec, "open_clip_config.json")
-            if full is None:
-                return None
-            model_cfg = full["model_cfg"]
+            model_cfg = config["model_cfg"]
             return _open_clip_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg.get("quick_gelu", False))
-        config = _offline_json(spec, "config.json")
-        return None if config is None else _transformers_skeleton(spec, config)
-
-
-def _offline_json(spec: EncoderSpec, name: str) -> dict[str, Any] | None:
-    """A configuration file of the source without the network: the local folder's, or the hub cache's copy."""
-    source = spec.source.removeprefix(OPEN_CLIP_HUB)
-    if Path(source).is_dir():
-        path = Path(source) / name
-        return json.loads(path.read_text()) if path.is_file() else None
-    with widgetless_tqdm():
-        from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(source, name, revision=spec.revision)
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+        return _transformers_skeleton(spec, config)
 
 
 def _transformers_skeleton(spec: EncoderSpec, config: dict[str, Any]) -> torch.nn.Module:
@@ -348,6 +350,5 @@ def _transformers_skeleton(spec: EncoderSpec, config: dict[str, Any]) -> torch.n
 
     parsed = AutoConfig.for_model(**config)
     if spec.kind is EncoderKind.SIGLIP:
-        vision = getattr(parsed, "vision_config", parsed)
-        return SiglipVisionModel(vision)
+        return SiglipVisionModel(getattr(parsed, "vision_config", parsed))
     return AutoModel.from_config(parsed)

@@ -25,8 +25,12 @@ OPEN_CLIP_HUB = "hf-hub:"
 TORCHVISION_WEIGHTS = "torchvision:"
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# ImageNet statistics: facebook/dinov2-base/preprocessor_config.json "image_mean" / "image_std" (torchvision's and
+# timm's IMAGENET_DEFAULT_MEAN / _STD); the DINOv3 hub repositories' preprocessor_config.json carry the same numbers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# OpenAI CLIP statistics: open_clip/constants.py OPENAI_DATASET_MEAN / _STD, which BiomedCLIP's open_clip_config.json
+# repeats in "preprocess_cfg".
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -43,8 +47,18 @@ class UnknownEncoder(UserError, ValueError):
     """An encoder id that is not in the registry."""
 
 
-class EncoderMismatch(ValueError):
-    """Loaded weights whose structure (patch, width, prefix tokens, grid) differs from the registry entry."""
+class EncoderMismatch(UserError, ValueError):
+    """A source (folder, hub snapshot, checkpoint) whose configuration or weights differ from the registry entry:
+    patch, width, registers, native image size, preprocessing. The message names each field and both values."""
+
+
+class SourceNotFound(UserError, FileNotFoundError):
+    """An encoder source that is not there: a missing folder or file, or a hub repository absent from the cache
+    while the hub is offline."""
+
+
+class UnsupportedPrecision(UserError, ValueError):
+    """A compute precision the model's authors say it does not support."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +67,11 @@ class EncoderSpec:
 
     source: a hub id ("org/name"; "hf-hub:org/name" for open_clip), a local directory or checkpoint file, a URL
     (DINO ResNet-50), "torchvision:<weights enum>", or "random-init". prefix_tokens: tokens before the patch grid
-    (CLS plus registers). dim: width of the global vector and of each patch token. config: constructor arguments
-    of a random-init model as (name, value) pairs. precision: the compute dtype the protocol runs it in.
+    (CLS plus registers). dim: width of the global vector and of each patch token. native_size: the image side the
+    source's own config declares (HF config.json ``image_size``, open_clip ``vision_cfg.image_size``), the grid its
+    position embeddings were saved for; None where no config says it (ResNets, random-init models). config:
+    constructor arguments of a random-init model as (name, value) pairs. precision: the compute dtype the protocol
+    runs it in.
     """
 
     id: str
@@ -69,6 +86,7 @@ class EncoderSpec:
     random_init: bool = False
     config: tuple[tuple[str, Any], ...] = ()
     precision: str = "float32"
+    native_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.prefix_tokens < 0 or self.dim < 1:
@@ -79,6 +97,9 @@ class EncoderSpec:
             raise ValueError(f"encoder {self.id!r}: a random-init encoder's label must say {RANDOM_INIT!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"encoder {self.id!r}: precision must be one of {sorted(PRECISIONS)}")
+        refused = precision_problem(self, self.precision)
+        if refused:
+            raise ValueError(refused)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -93,19 +114,87 @@ def _geometry(resize: int, crop: int | None, patch: int, mean, std, interpolatio
     return Geometry(resize, crop, patch, tuple(mean), tuple(std), interpolation, uint8)
 
 
-# rad-dino's preprocessor_config.json: BitImageProcessor, shortest edge 518, centre crop 518, bicubic, mean 0.5307,
-# std 0.2583 (a single gray level repeated). Loading checks any processor config it finds against these numbers.
-_RAD_DINO = _geometry(518, None, 14, (0.5307,) * 3, (0.2583,) * 3, "bicubic")
-# facebook/dinov2-base: BitImageProcessor defaults for DINOv2 (shortest edge 256, centre crop 224, bicubic).
-_DINOV2_BASE = _geometry(256, 224, 14, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
-# DINOv3ViTImageProcessor: 224 x 224 bilinear, rescaled to [0, 1] before the resize.
-_DINOV3 = _geometry(224, None, 16, IMAGENET_MEAN, IMAGENET_STD, "bilinear", uint8=False)
-# open_clip eval transform for BiomedCLIP: Resize(224, bicubic) + CenterCrop(224) (a no-op on a square canvas).
-_BIOMEDCLIP = _geometry(224, None, 16, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "bicubic")
-# google/medsiglip-448: SiglipImageProcessor 448 x 448, bicubic, mean = std = 0.5.
-_MEDSIGLIP = _geometry(448, None, 14, (0.5,) * 3, (0.5,) * 3, "bicubic")
-# ResNets: 224 x 224 bilinear with ImageNet statistics (the protocol's "224"); patch 32 is the layer4 stride (7 x 7).
+# ---- preprocessing geometries: every number with the file it comes from.
+# A hub repository's preprocessor_config.json is compared with these at load time and by check_source
+# (lesionsignal.features.sources), so a revision that changes one is refused instead of silently used.
+
+_RAD_DINO = _geometry(
+    518,  # microsoft/rad-dino, preprocessor_config.json: "size": {"shortest_edge": 518}
+    None,  # same file: "crop_size" 518 x 518, equal to the resize, so no crop
+    14,  # microsoft/rad-dino, config.json: "patch_size": 14 (37 x 37 tokens)
+    (0.5307,) * 3,  # preprocessor_config.json: "image_mean" [0.5307] x 3 (one gray level, repeated)
+    (0.2583,) * 3,  # preprocessor_config.json: "image_std" [0.2583] x 3
+    "bicubic",  # preprocessor_config.json: "resample": 3 (PIL bicubic)
+)
+_DINOV2_BASE = _geometry(
+    256,  # facebook/dinov2-base, preprocessor_config.json: "size": {"shortest_edge": 256}
+    224,  # same file: "crop_size" 224 x 224, "do_center_crop": true
+    14,  # facebook/dinov2-base, config.json: "patch_size": 14 (16 x 16 tokens at 224)
+    IMAGENET_MEAN,  # preprocessor_config.json: "image_mean"
+    IMAGENET_STD,  # preprocessor_config.json: "image_std"
+    "bicubic",  # preprocessor_config.json: "resample": 3
+)
+_DINOV3 = _geometry(
+    224,  # facebook/dinov3-vit7b16-pretrain-lvd1689m, preprocessor_config.json: "size" 224 x 224, no crop
+    None,
+    16,  # same repository, config.json: "patch_size": 16 (DINOv3 paper, Simeoni et al. 2025: ViT-7B/16)
+    IMAGENET_MEAN,  # preprocessor_config.json: "image_mean"
+    IMAGENET_STD,  # preprocessor_config.json: "image_std"
+    "bilinear",  # preprocessor_config.json: "resample": 2
+    uint8=False,  # DINOv3ViTImageProcessorFast rescales to [0, 1] before it resizes (transformers' processor)
+)
+_BIOMEDCLIP = _geometry(
+    # microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, open_clip_config.json: "vision_cfg" "image_size":
+    # 224; open_clip's eval transform (open_clip/transform.py) is Resize(224, shortest edge) + CenterCrop(224), a
+    # no-op crop on the square canvas.
+    224,
+    None,
+    16,  # open_clip_config.json: "timm_model_name": "vit_base_patch16_224" (timm: patch 16, width 768)
+    OPENAI_CLIP_MEAN,  # open_clip_config.json: "preprocess_cfg" "mean"
+    OPENAI_CLIP_STD,  # open_clip_config.json: "preprocess_cfg" "std"
+    "bicubic",  # not in preprocess_cfg: open_clip's default interpolation (open_clip/transform.py PreprocessCfg)
+)
+# MedSigLIP's published recipe for an image (Google-Health/medsiglip, python/serving/predictor.py,
+# _InputImageIter._pre_process and _zero_pad_image_to_square): divide by the dtype's maximum, repeat a gray channel
+# three times, zero-pad to a square (the odd pixel after), then SiglipImageProcessor resizes and normalises. On the
+# project's canvas (8-bit, already padded the same way by core.canvas.pad_to_square) that is exactly: resize the
+# 8-bit image, divide by 255, normalise; the processor of that code's transformers (~4.52) resized an 8-bit PIL
+# image too.
+_MEDSIGLIP = _geometry(
+    448,  # google/medsiglip-448, preprocessor_config.json: "size" 448 x 448 (predictor.py: MODEL_INPUT_* = 448)
+    None,  # SiglipImageProcessor has no crop step
+    14,  # google/medsiglip-448, config.json: "vision_config" "patch_size": 14 (32 x 32 tokens)
+    (0.5,) * 3,  # preprocessor_config.json: "image_mean" [0.5] x 3, so values land in [-1, 1]
+    (0.5,) * 3,  # preprocessor_config.json: "image_std" [0.5] x 3
+    "bicubic",  # preprocessor_config.json: "resample": 3 (also SiglipImageProcessor's default, used by predictor.py)
+)
+# ResNets: 224 x 224 bilinear with ImageNet statistics (the protocol's "224"); patch 32 is torchvision ResNet-50's
+# layer4 stride, a 7 x 7 map. The DINO checkpoint carries no preprocessing file to check these against.
 _RESNET = _geometry(224, None, 32, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+
+# facebookresearch/dinov3 issue 181: "DINOv3 doesn't support FP16" (an answer quoted in the thread). The study runs
+# the 7B in bfloat16 instead (protocol section 10); float16 is refused, never silently replaced.
+_REFUSED_PRECISIONS: Mapping[EncoderKind, Mapping[str, str]] = MappingProxyType(
+    {
+        EncoderKind.DINOV3: MappingProxyType(
+            {
+                "float16": "upstream (facebookresearch/dinov3, issue 181) reports that DINOv3 does not support "
+                "float16; run it in bfloat16, the study's precision for it (protocol section 10), or float32",
+            }
+        )
+    }
+)
+
+
+def precision_problem(spec: EncoderSpec, precision: str | torch.dtype) -> str | None:
+    """Why ``spec`` must not run in ``precision`` (a PRECISIONS name or a torch dtype), or None if it may."""
+    name = precision if isinstance(precision, str) else _precision_name(precision)
+    reason = _REFUSED_PRECISIONS.get(spec.kind, {}).get(name)
+    return None if reason is None else f"encoder {spec.id!r} in {name}: {reason}"
+
+
+def _precision_name(dtype: torch.dtype) -> str:
+    return next((name for name, value in PRECISIONS.items() if value == dtype), str(dtype))
 
 
 def _registry(*specs: EncoderSpec) -> Mapping[str, EncoderSpec]:
@@ -119,10 +208,11 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         source="microsoft/rad-dino",
         revision=None,
         geometry=_RAD_DINO,
-        prefix_tokens=1,
-        dim=768,
+        prefix_tokens=1,  # CLS only: config.json has no num_register_tokens
+        dim=768,  # config.json "hidden_size": 768
         global_pool="cls",
         label="RAD-DINO",
+        native_size=518,  # config.json "image_size": 518
     ),
     EncoderSpec(
         id="dinov2-b14",
@@ -130,10 +220,11 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         source="facebook/dinov2-base",
         revision=None,
         geometry=_DINOV2_BASE,
-        prefix_tokens=1,
-        dim=768,
+        prefix_tokens=1,  # CLS only (dinov2-base has no registers)
+        dim=768,  # config.json "hidden_size": 768
         global_pool="cls",
         label="DINOv2-B/14",
+        native_size=518,  # config.json "image_size": 518, interpolated to 16 x 16 at 224
     ),
     EncoderSpec(
         id="dinov3-vit7b16",
@@ -141,11 +232,12 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         source="facebook/dinov3-vit7b16-pretrain-lvd1689m",
         revision=None,
         geometry=_DINOV3,
-        prefix_tokens=5,  # CLS + 4 registers
-        dim=4096,
+        prefix_tokens=5,  # CLS + config.json "num_register_tokens": 4
+        dim=4096,  # config.json "hidden_size": 4096 (40 layers, 32 heads: ViT-7B)
         global_pool="cls",
         label="DINOv3 ViT-7B/16",
         precision="bfloat16",
+        native_size=224,  # config.json "image_size": 224 (RoPE: no table)
     ),
     EncoderSpec(
         id="biomedclip",
@@ -153,10 +245,11 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         source="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         revision=None,
         geometry=_BIOMEDCLIP,
-        prefix_tokens=1,
-        dim=768,
+        prefix_tokens=1,  # timm vit_base_patch16_224: one CLS, no registers
+        dim=768,  # timm vit_base_patch16_224 width; the 512-d projection is not used (protocol section 10)
         global_pool="cls_before_projection",
         label="BiomedCLIP",
+        native_size=224,  # open_clip_config.json "vision_cfg" "image_size": 224
     ),
     EncoderSpec(
         id="medsiglip-448",
@@ -164,10 +257,11 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         source="google/medsiglip-448",
         revision=None,
         geometry=_MEDSIGLIP,
-        prefix_tokens=0,
-        dim=1152,
+        prefix_tokens=0,  # SigLIP has no CLS: the attention-pooling head makes the global vector
+        dim=1152,  # config.json "vision_config" "hidden_size": 1152 (SigLIP So400m)
         global_pool="attention_pool_head",
         label="MedSigLIP-448",
+        native_size=448,  # config.json "vision_config" "image_size": 448
     ),
     EncoderSpec(
         id="dino-resnet50",
@@ -176,7 +270,7 @@ STUDY_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         revision=None,
         geometry=_RESNET,
         prefix_tokens=0,
-        dim=2048,
+        dim=2048,  # torchvision resnet50 layer4 width (DINO's hubconf: resnet50 with fc = Identity)
         global_pool="global_average_pool",
         label="DINO ResNet-50 (frozen)",
         config=(("arch", "resnet50"),),
@@ -263,14 +357,15 @@ def resolve_spec(
     if new_source == RANDOM_INIT:
         raise ValueError(f"encoder {spec.id!r}: a study encoder cannot be re-pointed at {RANDOM_INIT!r}")
     if Path(new_source).is_absolute() and not Path(new_source).exists():
-        raise FileNotFoundError(f"encoder {spec.id!r}: source {new_source} does not exist")
-    if revision is not None and not _is_hub_id(new_source):
+        raise SourceNotFound(f"encoder {spec.id!r}: source {new_source} does not exist")
+    if revision is not None and not is_hub_id(new_source):
         raise ValueError(f"encoder {spec.id!r}: revision {revision!r} needs a hub id, not source {new_source!r}")
     # A new source without a revision drops the registry's pin: a pin belongs to the source it was set for.
     return replace(spec, source=new_source, revision=revision)
 
 
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` names a hub repository ("org/name", "hf-hub:org/name") rather than a path or URL."""
     if source.startswith(OPEN_CLIP_HUB):
         return True
     if source.startswith(("https://", "http://", TORCHVISION_WEIGHTS)) or source == RANDOM_INIT:

@@ -27,7 +27,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from lesionsignal.config.params import Analysis, CohortKind, CohortParams, Params, load_params, project_root
+from lesionsignal.config.params import (
+    Analysis,
+    CohortKind,
+    CohortParams,
+    EncoderParams,
+    Params,
+    load_params,
+    project_root,
+)
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
 from lesionsignal.core.validate import ParamsError
@@ -37,7 +45,8 @@ from lesionsignal.data.summary import describe
 from lesionsignal.data.validation import mixed_patients
 from lesionsignal.demo.folder import output_paths
 from lesionsignal.features.cost import DeviceSpeed, device_speed, encoder_cost
-from lesionsignal.features.registry import resolve_spec
+from lesionsignal.features.registry import EncoderSpec, precision_problem, resolve_spec
+from lesionsignal.features.sources import check_source, hub_offline, is_remote
 from lesionsignal.paper.outputs import frame_to_markdown
 from lesionsignal.pipeline import cohorts as cohort_stage
 from lesionsignal.pipeline.catalog import Catalog
@@ -216,14 +225,8 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
         except (UserError, ValueError, FileNotFoundError) as err:
             report.add(Severity.FATAL, where, str(err))
             continue
+        _check_source(entry, spec, where, report)
         cost = encoder_cost(spec)
-        if cost is None:
-            report.add(
-                Severity.WARNING,
-                where,
-                f"{spec.source} is not on this machine (no local folder, not in the hub cache): the run downloads it "
-                "(network needed), or point `source` at a local copy",
-            )
         dtype = "float32" if device == "cpu" else entry.dtype
         if device == "cpu" and entry.dtype != "float32":
             report.add(Severity.NOTE, where, f"dtype {entry.dtype} is a GPU setting: on the CPU it runs in float32")
@@ -254,6 +257,23 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
             )
         )
     _check_disk(run, passes, report)
+
+
+def _check_source(entry: EncoderParams, spec: EncoderSpec, where: str, report: Report) -> None:
+    """Is the source on this machine, and do its configurations agree with the registry? Is its precision allowed?"""
+    found = check_source(spec)
+    for mismatch in found.mismatches:
+        report.add(Severity.FATAL, where, mismatch)
+    if found.missing:
+        offline = is_remote(spec) and hub_offline()
+        severity = Severity.FATAL if offline or not is_remote(spec) else Severity.WARNING
+        fetch = ""
+        if is_remote(spec):
+            fetch = " (the hub is offline: HF_HUB_OFFLINE is set)" if offline else " (the run will download it)"
+        report.add(severity, where, "; ".join(found.missing) + fetch)
+    refused = precision_problem(spec, entry.dtype)
+    if refused:
+        report.add(Severity.FATAL, f"{where}.dtype", refused)
 
 
 def _forward_passes(params: Params, sizes: dict[str, int]) -> int:
