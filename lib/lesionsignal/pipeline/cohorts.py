@@ -3,7 +3,8 @@
 Each cohort of the parameters is read by the adapter of its kind, validated (files, unique ids, patient-disjoint
 splits, boxes inside the canvas) and saved as a manifest in the stage's folder; later stages read the manifests and
 never the sources again. Problems raise, naming file and row, unless the cohort allows exclusion
-(``exclude_invalid``): the excluded rows are then listed beside its manifest.
+(``exclude_invalid``): the excluded rows are then listed beside its manifest. A reader may exclude rows itself
+(MIMIC images whose study has no CheXpert row); those come first in the list.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lesionsignal.data.mimic import read_mimic
 from lesionsignal.data.nih import read_nih
 from lesionsignal.data.real_films import read_real_films
 from lesionsignal.data.registry import ct_paths, real_films
-from lesionsignal.data.validation import validate, write_exclusions
+from lesionsignal.data.validation import Exclusion, validate, write_exclusions
 from lesionsignal.demo.build import build_demo_cohort
 from lesionsignal.demo.config import cohort_folder_name
 from lesionsignal.pipeline.stage import Run, StageName
@@ -55,8 +56,29 @@ def compute_demo_cohort(run: Run) -> bool:
     return True
 
 
-def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
-    """The cohort as its adapter reads it, before validation."""
+def read_cohort(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
+    """The cohort as its adapter reads it, before validation, with the rows the adapter excluded."""
+    if cohort.kind is CohortKind.MIMIC:
+        return _read_mimic(run, cohort)
+    return _read_strict(run, cohort), []
+
+
+def _read_mimic(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
+    def path(value: Path) -> Path:
+        return resolve(run.params, value, run.catalog.root)
+
+    return read_mimic(
+        path(cohort.root),
+        metadata_csv=path(cohort.metadata_csv),
+        chexpert_csv=path(cohort.chexpert_csv),
+        split_csv=path(cohort.split_csv),
+        subsample_manifest=path(cohort.subsample_manifest) if cohort.subsample_manifest else None,
+        exclude_unlabelled=cohort.exclude_invalid,
+        cohort=cohort.name,
+    )
+
+
+def _read_strict(run: Run, cohort: CohortParams) -> Manifest:
     params, root = run.params, run.catalog.root
 
     def path(value: Path) -> Path:
@@ -74,15 +96,6 @@ def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
             split_lists=lists,
             test_fraction=cohort.test_fraction,
             seed=cohort.seed,
-            cohort=cohort.name,
-        )
-    if kind is CohortKind.MIMIC:
-        return read_mimic(
-            path(cohort.root),
-            metadata_csv=path(cohort.metadata_csv),
-            chexpert_csv=path(cohort.chexpert_csv),
-            split_csv=path(cohort.split_csv),
-            subsample_manifest=path(cohort.subsample_manifest) if cohort.subsample_manifest else None,
             cohort=cohort.name,
         )
     if kind is CohortKind.INSTITUTIONAL:
@@ -114,8 +127,9 @@ def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
 def compute_cohorts(run: Run) -> bool:
     """Every cohort of the run, validated and saved (with its exclusion list when rows were excluded)."""
     for cohort in run.params.cohorts:
-        checked, exclusions = validate(
-            read_cohort(run, cohort),
+        manifest, excluded = read_cohort(run, cohort)
+        checked, invalid = validate(
+            manifest,
             canvas=run.params.panel.canvas_size,
             known_classes=None,
             check_files=True,
@@ -123,8 +137,8 @@ def compute_cohorts(run: Run) -> bool:
         )
         folder = manifest_folder(run, cohort.name)
         checked.save(folder)
-        if exclusions:
-            write_exclusions(folder / "exclusions.csv", exclusions)
+        if excluded or invalid:
+            write_exclusions(folder / "exclusions.csv", [*excluded, *invalid])
     return True
 
 
