@@ -2,7 +2,8 @@
 
 One row per image: a path relative to a root folder, patient id, split and 0/1 labels, under column names given by
 ``InstitutionalColumns``, with optional view and per-row 16-bit window columns. Every cell is checked and all the
-problems of the file are reported together, each with its line and column.
+problems of the file are reported together, each with its line and column. Patients in two splits are left to
+``validation.validate``, so that a cohort that allows exclusions can exclude them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lesionsignal.data.tables import (
     where,
     zero_or_one,
 )
-from lesionsignal.data.validation import mixed_patients, window_is_valid
+from lesionsignal.data.validation import window_is_valid
 
 SPLIT_NAMES = tuple(split.value for split in Split)
 
@@ -97,7 +98,6 @@ def read_institutional(
         windows, bad = _windows(table, window_columns, names)
         found += bad
     found += repeated_keys(table.index.tolist(), names, names, f"column {cols.path!r} (its file name is the image id)")
-    found += _mixed_patients(table, cols.patient_id, patients, splits, names)
     raise_problems(csv, found)
     label_names = [name for name, _ in cols.labels]
     records = (
@@ -160,18 +160,3 @@ def _window(low: str, high: str) -> tuple[float, float] | None:
     if not window_is_valid(*window):
         raise ValueError(f"need finite min < max, got {low!r}, {high!r}")
     return window
-
-
-def _mixed_patients(
-    table: pd.DataFrame, column: str, patients: list[str | None], splits: list[str | None], names: Sequence[str]
-) -> list[LineProblem]:
-    """Rows of a patient whose images lie in more than one split (after split_map)."""
-    known = [(p, s) for p, s in zip(patients, splits, strict=True) if p is not None and s is not None]
-    mixed = mixed_patients((p for p, _ in known), (s for _, s in known))
-    return [
-        LineProblem(
-            line, Problem(where(line), name, f"column {column!r}: patient {patient} is in splits {mixed[patient]}")
-        )
-        for line, name, patient in zip(table.index.tolist(), names, patients, strict=True)
-        if patient in mixed
-    ]
