@@ -27,7 +27,7 @@ def read_demo(folder: str | Path, *, classes: Sequence[str] = LESION_CLASSES, co
     table = read_table(folder / "labels.csv", DEMO_COLUMNS)
     if tuple(table.columns) != DEMO_COLUMNS:
         raise ManifestError(folder / "labels.csv", f"columns {list(table.columns)} != {list(DEMO_COLUMNS)}")
-    require_unique(table["image_id"].tolist(), folder / "labels.csv", "image_id")
+    require_unique(table, "image_id", folder / "labels.csv")
     # The generator writes each box as core.box.Box.as_tuple(): half-open, unlike ChestX-Det10's inclusive corners.
     entries = read_det_pair(folder / "train.json", folder / "test.json", corners=BoxCorners.HALF_OPEN)
 

@@ -70,24 +70,29 @@ class Problem:
 
 
 class ManifestError(UserError, ValueError):
-    """Bad cohort data; the message names the source and every offending row (the first ``MAX_SHOWN``)."""
+    """Bad cohort data; the message names the source and every offending row (the first ``MAX_SHOWN``).
 
-    def __init__(self, source: str | Path, problems: Sequence[Problem] | str) -> None:
+    ``advice`` (what to do about it) ends the message when the problems alone do not make that plain.
+    """
+
+    def __init__(self, source: str | Path, problems: Sequence[Problem] | str, *, advice: str = "") -> None:
         self.source = str(source)
         self.problems: tuple[Problem, ...] = (
             (Problem("", "", problems),) if isinstance(problems, str) else tuple(problems)
         )
-        super().__init__(_error_text(self.source, self.problems))
+        self.advice = advice
+        super().__init__(_error_text(self.source, self.problems, advice))
 
 
-def _error_text(source: str, problems: Sequence[Problem]) -> str:
+def _error_text(source: str, problems: Sequence[Problem], advice: str) -> str:
     if len(problems) == 1 and not problems[0].where:
-        return f"{source}: {problems[0].reason}"
-    lines = [f"{source}: {len(problems)} problem(s):"]
-    lines += [f"  {problem}" for problem in problems[:MAX_SHOWN]]
-    if len(problems) > MAX_SHOWN:
-        lines.append(f"  ... and {len(problems) - MAX_SHOWN} more")
-    return "\n".join(lines)
+        lines = [f"{source}: {problems[0].reason}"]
+    else:
+        lines = [f"{source}: {len(problems)} problem(s):"]
+        lines += [f"  {problem}" for problem in problems[:MAX_SHOWN]]
+        if len(problems) > MAX_SHOWN:
+            lines.append(f"  ... and {len(problems) - MAX_SHOWN} more")
+    return "\n".join([*lines, *([advice] if advice else [])])
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """MIMIC-CXR-JPG 2.x read into the common manifest, and the writer of its probe-training subsample manifest.
 
 Frontal (AP/PA) images from the metadata CSV, U-Zero CheXpert labels per study, the official split, and an
-optional subsample manifest that restricts the train split (drawn once by ``make_mimic_subsample``).
+optional subsample manifest that restricts the train split (drawn once by ``make_mimic_subsample``). An image
+whose study has no CheXpert row is an error naming it, or, when asked, an exclusion with its reason.
 """
 
 from __future__ import annotations
@@ -15,15 +16,33 @@ import pandas as pd
 
 from lesionsignal.core.files import atomic_write_bytes
 from lesionsignal.data.manifest import Manifest, ManifestError, Problem, Record, Split
-from lesionsignal.data.tables import line, read_table, require_unique, sorted_manifest
+from lesionsignal.data.tables import (
+    FRONTAL_VIEWS,
+    LineProblem,
+    duplicates,
+    one_of,
+    parse_column,
+    raise_problems,
+    read_table,
+    require_unique,
+    sorted_manifest,
+    where,
+    whole_number,
+)
+from lesionsignal.data.validation import Exclusion
 
 MIMIC_METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 MIMIC_SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
 MIMIC_LABEL_COLUMNS = (("cardiomegaly", "Cardiomegaly"), ("edema", "Edema"), ("lung_lesion", "Lung Lesion"))
 MIMIC_OFFICIAL_SPLITS = ("train", "validate", "test")
-FRONTAL_VIEWS = ("AP", "PA")
 # U-Zero: only a definite positive counts; uncertain (-1) and unmentioned (blank) are negative.
 _U_ZERO = {"1.0": 1, "1": 1, "0.0": 0, "0": 0, "-1.0": 0, "-1": 0, "": 0}
+_Labels = dict[tuple[str, str], tuple[int, ...]]  # (subject_id, study_id) -> the 0/1 labels
+_UNLABELLED_ADVICE = (
+    "Set exclude_invalid: true for this cohort to leave these images out (they are listed with their reason in "
+    "exclusions.csv beside the manifest), or add their studies' rows. The published release 2.0.0 has CheXpert "
+    "rows for 227,827 of its 227,835 studies."
+)
 
 
 def read_mimic(
@@ -34,31 +53,26 @@ def read_mimic(
     split_csv: str | Path,
     subsample_manifest: str | Path | None = None,
     validate_split: Split = Split.TRAIN,
+    exclude_unlabelled: bool = False,
     cohort: str = "mimic",
-) -> Manifest:
+) -> tuple[Manifest, list[Exclusion]]:
     """MIMIC-CXR-JPG 2.x frontal (AP/PA) images with U-Zero CheXpert labels and the official split.
 
     The official "validate" split becomes ``validate_split``: TRAIN (default: more rows for probe training;
     probes choose C by cross-validation, so no separate validation set is needed) or VALIDATE (kept apart).
     ``subsample_manifest`` (CSV or parquet with a dicom_id column) restricts the train split to its images.
+    An image whose study has no CheXpert row is an error, or with ``exclude_unlabelled`` one of the returned
+    exclusions; only the images the cohort keeps (after the subsample) are checked.
     """
-    root, metadata_csv = Path(root), Path(metadata_csv)
+    root, metadata_csv, chexpert_csv = Path(root), Path(metadata_csv), Path(chexpert_csv)
     if validate_split not in (Split.TRAIN, Split.VALIDATE):
         raise ValueError(f"validate_split must be Split.TRAIN or Split.VALIDATE, got {validate_split!r}")
-    meta = read_table(metadata_csv, MIMIC_METADATA_COLUMNS)
-    require_unique(meta["dicom_id"].tolist(), metadata_csv, "dicom_id")
-    frontal = meta[meta["ViewPosition"].isin(FRONTAL_VIEWS)]
-    images = _mimic_images(Path(split_csv), frontal, validate_split)
-    labels = _mimic_labels(Path(chexpert_csv))
-    unlabelled = [
-        Problem("metadata", i.dicom, f"study s{i.study} has no CheXpert row")
-        for i in images
-        if (i.subject, i.study) not in labels
-    ]
-    if unlabelled:
-        raise ManifestError(chexpert_csv, unlabelled)
+    frontal = _frontal_metadata(metadata_csv)
+    images = _mimic_images(Path(split_csv), frontal, validate_split, metadata_csv)
     if subsample_manifest is not None:
         images = _apply_subsample(images, Path(subsample_manifest))
+    labels = _mimic_labels(chexpert_csv)
+    images, exclusions = _labelled(images, labels, metadata_csv, chexpert_csv, exclude=exclude_unlabelled)
     names = [name for name, _ in MIMIC_LABEL_COLUMNS]
     records = (
         Record(
@@ -71,7 +85,23 @@ def read_mimic(
         )
         for i in images
     )
-    return sorted_manifest(cohort, records, names)
+    return sorted_manifest(cohort, records, names), exclusions
+
+
+def _labelled(
+    images: list[_MimicImage], labels: _Labels, metadata: Path, chexpert: Path, *, exclude: bool
+) -> tuple[list[_MimicImage], list[Exclusion]]:
+    """The images whose study has a CheXpert row; the others raise, or with ``exclude`` become exclusions."""
+    unlabelled = [i for i in images if (i.subject, i.study) not in labels]
+    if not unlabelled:
+        return images, []
+    reasons = [f"study {i.study} (subject {i.subject}) has no row in {chexpert.name}" for i in unlabelled]
+    if not exclude:
+        pairs = zip(unlabelled, reasons, strict=True)
+        problems = [Problem(f"{metadata.name} {where(i.line)}", i.dicom, reason) for i, reason in pairs]
+        raise ManifestError(chexpert, problems, advice=_UNLABELLED_ADVICE)
+    exclusions = [Exclusion(f"{i.dicom}.jpg", reason) for i, reason in zip(unlabelled, reasons, strict=True)]
+    return [i for i in images if (i.subject, i.study) in labels], exclusions
 
 
 def make_mimic_subsample(
@@ -122,77 +152,95 @@ class _MimicImage(NamedTuple):
     study: str
     view: str
     split: str
+    line: int  # in the metadata CSV
 
 
-def _mimic_images(path: Path, frontal: pd.DataFrame, validate_split: Split) -> list[_MimicImage]:
+def _frontal_metadata(path: Path) -> pd.DataFrame:
+    """The metadata rows of frontal images, indexed by their lines; ids checked on every row."""
+    meta = read_table(path, MIMIC_METADATA_COLUMNS)
+    dicoms = meta["dicom_id"].tolist()
+    found = duplicates(meta, ["dicom_id"], dicoms)
+    for column in ("subject_id", "study_id"):
+        found += parse_column(meta, column, whole_number, dicoms)[1]
+    raise_problems(path, found)
+    return meta[meta["ViewPosition"].isin(FRONTAL_VIEWS)]
+
+
+def _mimic_images(path: Path, frontal: pd.DataFrame, validate_split: Split, metadata: Path) -> list[_MimicImage]:
     """The frontal images with their official split (``validate`` renamed to ``validate_split``)."""
     table = read_table(path, MIMIC_SPLIT_COLUMNS)
-    require_unique(table["dicom_id"].tolist(), path, "dicom_id")
-    problems = [
-        Problem(line(i), dicom, f"split {name!r} is not one of {MIMIC_OFFICIAL_SPLITS}")
-        for i, (dicom, name) in enumerate(zip(table["dicom_id"], table["split"], strict=True))
-        if name not in MIMIC_OFFICIAL_SPLITS
-    ]
-    if problems:
-        raise ManifestError(path, problems)
+    dicoms = table["dicom_id"].tolist()
+    found = duplicates(table, ["dicom_id"], dicoms) + parse_column(table, "split", _official_split, dicoms)[1]
+    raise_problems(path, found)
     official = {
         dicom: (subject, study, name)
         for dicom, subject, study, name in zip(
-            table["dicom_id"], table["subject_id"], table["study_id"], table["split"], strict=True
+            dicoms, table["subject_id"].tolist(), table["study_id"].tolist(), table["split"].tolist(), strict=True
         )
     }
-    images = []
-    columns = (frontal[c] for c in ("dicom_id", "subject_id", "study_id", "ViewPosition"))
-    for dicom, subject, study, view in zip(*columns, strict=True):
+    images, found = [], []
+    columns = [frontal[c].tolist() for c in ("dicom_id", "subject_id", "study_id", "ViewPosition")]
+    for line, dicom, subject, study, view in zip(frontal.index.tolist(), *columns, strict=True):
         entry = official.get(dicom)
         if entry is None:
-            problems.append(Problem("metadata", dicom, "frontal image missing from the split file"))
+            found.append(LineProblem(line, Problem(where(line), dicom, f"column 'dicom_id': not in {path.name}")))
         elif entry[:2] != (subject, study):
-            problems.append(Problem("metadata", dicom, f"subject/study {entry[:2]} != metadata {(subject, study)}"))
+            reason = f"columns 'subject_id', 'study_id': {subject}, {study} but {path.name} says {entry[0]}, {entry[1]}"
+            found.append(LineProblem(line, Problem(where(line), dicom, reason)))
         else:
             name = validate_split.value if entry[2] == "validate" else entry[2]
-            images.append(_MimicImage(dicom, subject, study, view, name))
-    if problems:
-        raise ManifestError(path, problems)
+            images.append(_MimicImage(dicom, subject, study, view, name, line))
+    raise_problems(metadata, found)
     return images
 
 
-def _mimic_labels(path: Path) -> dict[tuple[str, str], tuple[int, ...]]:
+def _official_split(text: str) -> str:
+    return one_of(text, MIMIC_OFFICIAL_SPLITS, "official splits")
+
+
+def _mimic_labels(path: Path) -> _Labels:
     columns = [column for _, column in MIMIC_LABEL_COLUMNS]
     table = read_table(path, ("subject_id", "study_id", *columns))
-    keys = list(zip(table["subject_id"], table["study_id"], strict=True))
-    require_unique([f"{subject}/{study}" for subject, study in keys], path, "subject_id/study_id")
-    values = list(zip(*(table[column] for column in columns), strict=True))
-    problems = [
-        Problem(line(i), f"s{keys[i][1]}", f"column {column!r}: {value!r} is not 1.0, 0.0, -1.0 or blank")
-        for i, row in enumerate(values)
-        for column, value in zip(columns, row, strict=True)
-        if value not in _U_ZERO
-    ]
-    if problems:
-        raise ManifestError(path, problems)
-    return {key: tuple(_U_ZERO[v] for v in row) for key, row in zip(keys, values, strict=True)}
+    studies = [f"s{study}" for study in table["study_id"].tolist()]
+    found = duplicates(table, ["subject_id", "study_id"], studies)
+    values = []
+    for column in columns:
+        parsed, bad = parse_column(table, column, _u_zero, studies)
+        values.append(parsed)
+        found += bad
+    raise_problems(path, found)
+    keys = zip(table["subject_id"].tolist(), table["study_id"].tolist(), strict=True)
+    return dict(zip(keys, zip(*values, strict=True), strict=True))
 
 
-def _read_subsample(path: Path) -> list[str]:
+def _u_zero(text: str) -> int:
+    if text not in _U_ZERO:
+        raise ValueError(f"{text!r} is not 1.0, 0.0, -1.0 or blank")
+    return _U_ZERO[text]
+
+
+def _read_subsample(path: Path) -> pd.DataFrame:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: subsample manifest not found")
     if Path(path).suffix == ".parquet":
         table = pd.read_parquet(path, columns=["dicom_id"]).astype(str)
+        table.index = pd.RangeIndex(1, len(table) + 1, name="row")  # a parquet file has rows, not lines
     else:
         table = read_table(path, ("dicom_id",))
-    dicoms = table["dicom_id"].tolist()
-    require_unique(dicoms, path, "dicom_id")
-    return dicoms
+    require_unique(table, "dicom_id", path)
+    return table
 
 
 def _apply_subsample(images: list[_MimicImage], path: Path) -> list[_MimicImage]:
-    keep = _read_subsample(path)
+    table = _read_subsample(path)
+    keep = table["dicom_id"].tolist()
     train = {i.dicom for i in images if i.split == Split.TRAIN.value}
     stray = [
-        Problem(line(i), d, "not a frontal image of the official train split")
-        for i, d in enumerate(keep)
-        if d not in train
+        Problem(
+            where(number, table.index.name), dicom, "column 'dicom_id': not a frontal image of the official train split"
+        )
+        for number, dicom in zip(table.index.tolist(), keep, strict=True)
+        if dicom not in train
     ]
     if stray:
         raise ManifestError(path, stray)

@@ -3,7 +3,8 @@
 Each cohort of the parameters is read by the adapter of its kind, validated (files, unique ids, patient-disjoint
 splits, boxes inside the canvas) and saved as a manifest in the stage's folder; later stages read the manifests and
 never the sources again. Problems raise, naming file and row, unless the cohort allows exclusion
-(``exclude_invalid``): the excluded rows are then listed beside its manifest. A split that crosses patients passes
+(``exclude_invalid``): the excluded rows are then listed beside its manifest. A reader may exclude rows itself
+(MIMIC images whose study has no CheXpert row); those come first in the list. A split that crosses patients passes
 only where the manifest declares it (ChestX-Det10's official split); ``splits.json`` records, for every cohort, the
 patients and images each split shares with another.
 """
@@ -60,8 +61,29 @@ def compute_demo_cohort(run: Run) -> bool:
     return True
 
 
-def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
-    """The cohort as its adapter reads it, before validation."""
+def read_cohort(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
+    """The cohort as its adapter reads it, before validation, with the rows the adapter excluded."""
+    if cohort.kind is CohortKind.MIMIC:
+        return _read_mimic(run, cohort)
+    return _read_strict(run, cohort), []
+
+
+def _read_mimic(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
+    def path(value: Path) -> Path:
+        return resolve(run.params, value, run.catalog.root)
+
+    return read_mimic(
+        path(cohort.root),
+        metadata_csv=path(cohort.metadata_csv),
+        chexpert_csv=path(cohort.chexpert_csv),
+        split_csv=path(cohort.split_csv),
+        subsample_manifest=path(cohort.subsample_manifest) if cohort.subsample_manifest else None,
+        exclude_unlabelled=cohort.exclude_invalid,
+        cohort=cohort.name,
+    )
+
+
+def _read_strict(run: Run, cohort: CohortParams) -> Manifest:
     params, root = run.params, run.catalog.root
 
     def path(value: Path) -> Path:
@@ -79,15 +101,6 @@ def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
             split_lists=lists,
             test_fraction=cohort.test_fraction,
             seed=cohort.seed,
-            cohort=cohort.name,
-        )
-    if kind is CohortKind.MIMIC:
-        return read_mimic(
-            path(cohort.root),
-            metadata_csv=path(cohort.metadata_csv),
-            chexpert_csv=path(cohort.chexpert_csv),
-            split_csv=path(cohort.split_csv),
-            subsample_manifest=path(cohort.subsample_manifest) if cohort.subsample_manifest else None,
             cohort=cohort.name,
         )
     if kind is CohortKind.INSTITUTIONAL:
@@ -124,13 +137,15 @@ def read_cohort(run: Run, cohort: CohortParams) -> Manifest:
 
 def checked_cohort(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
     """A cohort read by its adapter and validated by the study's rules, with its exclusions when it allows them."""
-    return validate(
-        read_cohort(run, cohort),
+    manifest, excluded = read_cohort(run, cohort)
+    checked, invalid = validate(
+        manifest,
         canvas=run.params.panel.canvas_size,
         known_classes=None,
         check_files=True,
         exclude=cohort.exclude_invalid,
     )
+    return checked, [*excluded, *invalid]  # the reader's exclusions first
 
 
 def compute_cohorts(run: Run) -> bool:
