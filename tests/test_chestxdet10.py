@@ -223,7 +223,7 @@ def test_name_map_csv_errors_name_file_and_row(
     with pytest.raises(ManifestError, match=re.escape(f"{table}: 1 problem(s):\n  line 8 (image106.png): nih_name")):
         read_chestxdet10(numeric[0], numeric[1], nih[2], name_map_csv=table)
     table.write_text("file_name,nih_name\n" + "".join(rows) + "107.png,00000005_000.png\n")
-    with pytest.raises(ManifestError, match=r"line 9 \(00000005_000\.png\): duplicate nih_name \(lines 8, 9\)"):
+    with pytest.raises(ManifestError, match=r"line 9 \(00000005_000\.png\): column 'nih_name': repeated on lines 8, 9"):
         read_chestxdet10(numeric[0], numeric[1], nih[2], name_map_csv=table)
     table.write_text("name,nih\n")
     with pytest.raises(ManifestError, match=re.escape(f"{table}: missing column(s) ['file_name', 'nih_name']")):

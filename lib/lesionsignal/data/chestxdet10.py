@@ -39,7 +39,7 @@ from lesionsignal.data.manifest import (
     load_json,
     repeats,
 )
-from lesionsignal.data.tables import line, locate_images, read_table, require_unique, sorted_manifest
+from lesionsignal.data.tables import locate_images, read_table, require_unique, sorted_manifest, where
 from lesionsignal.data.validation import mixed_patients
 
 CHESTXDET10_CLASSES = (
@@ -324,11 +324,11 @@ def _difference(ours: DetEntry, theirs: DetEntry) -> str:
 
 def _names_from_csv(entries: Sequence[DetEntry], source: str, path: Path) -> list[str]:
     table = read_table(path, NAME_MAP_COLUMNS)
-    require_unique(table["file_name"].tolist(), path, "file_name")
-    require_unique(table["nih_name"].tolist(), path, "nih_name")
+    require_unique(table, "file_name", path)
+    require_unique(table, "nih_name", path)
     bad = [
-        Problem(line(i), name, "nih_name is not an NIH file name (00000091_005.png)")
-        for i, name in enumerate(table["nih_name"])
+        Problem(where(number), name, "nih_name is not an NIH file name (00000091_005.png)")
+        for number, name in table["nih_name"].items()  # the table is indexed by the file's line numbers
         if not NIH_NAME.fullmatch(name)
     ]
     if bad:
