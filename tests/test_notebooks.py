@@ -172,7 +172,7 @@ def test_missing_input_files_stop_the_run_before_any_notebook_listing_them_all(
 
     nih = {"name": "nih", "kind": "nih", "csv": "data/nih/Data_Entry_2017_v2020.csv", "image_dirs": ["data/nih/a"]}
     det = {"name": "det", "kind": "chestxdet10", "train_json": "x/train.json", "test_json": "x/test.json"}
-    det["image_dirs"] = ["x"]  # after the JSON files, so the problems come in the order a reader reads them
+    det["image_dirs"] = ["x"]
     params = _params_with(run_folder, {"cohorts": [nih, det]})
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
