@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+from runs import run_folder, run_params
 
 from lesionsignal.config.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-# Test runs' outputs, inside the checkout so their paths are relative like a user's (.cache/ is ignored by git).
-TEST_RUNS = Path(".cache/test-runs")
 
 
 @pytest.fixture(scope="session")
@@ -30,15 +27,8 @@ def smoke_params_file() -> Iterator[Path]:
     file, so a test can check that no output carries the machine's folders. The data cache and the
     content-addressed caches stay the project's: the prepared CT and the smoke cohort are made once and reused by
     every notebook of the session (and by later sessions and `make paper`; their keys hold their code)."""
-    (ROOT / TEST_RUNS).mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="run-", dir=ROOT / TEST_RUNS))
-    relative = folder.relative_to(ROOT).as_posix()
-    data = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
-    for key in ("work", "figures", "tables", "reports"):
-        data["paths"][key] = f"{relative}/{key}"
-    target = folder / "smoke.yaml"
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    yield target
+    folder = run_folder("run-")
+    yield run_params(folder, name="smoke.yaml")
     shutil.rmtree(folder, ignore_errors=True)
 
 

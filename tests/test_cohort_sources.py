@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from cohort_fixtures import INSTITUTIONAL, MIMIC, NIH_CSV, NIH_DIRS, NIH_LISTS
 
 from lesionsignal.data.institutional import read_institutional
 from lesionsignal.data.manifest import DISEASES, MAX_SHOWN, Manifest, ManifestError
@@ -25,13 +26,6 @@ from lesionsignal.pipeline.stages import ensure
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_NIH = ROOT.parent / "shared" / "realdata" / "nih-cxr14"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cohorts"
-NIH = FIXTURES / "nih"
-NIH_CSV = NIH / "Data_Entry_2017_v2020.csv"
-NIH_DIRS = [NIH / "images_001" / "images", NIH / "images_002" / "images"]
-NIH_LISTS = (NIH / "train_val_list.txt", NIH / "test_list.txt")
-MIMIC = FIXTURES / "mimic"
-INSTITUTIONAL = FIXTURES / "institutional"
 
 needs_real_nih = pytest.mark.skipif(
     not (REAL_NIH / "Data_Entry_2017_v2020.csv").is_file(),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cohort_fixtures import DET, DET_DIRS, FIXTURES, MIMIC, NIH, NIH_CSV, NIH_DIRS, NIH_LISTS
 
 from lesionsignal.core.box import Box
 from lesionsignal.data.chestxdet10 import CHESTXDET10_CLASSES, read_chestxdet10
@@ -21,14 +22,6 @@ from lesionsignal.data.real_films import read_real_films
 from lesionsignal.data.summary import box_size_summary, describe
 from lesionsignal.data.validation import validate
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cohorts"
-NIH = FIXTURES / "nih"
-NIH_CSV = NIH / "Data_Entry_2017_v2020.csv"
-NIH_DIRS = [NIH / "images_001" / "images", NIH / "images_002" / "images"]
-NIH_LISTS = (NIH / "train_val_list.txt", NIH / "test_list.txt")
-MIMIC = FIXTURES / "mimic"
-DET = FIXTURES / "chestxdet10"
-DET_DIRS = [DET / "train_data", DET / "test_data"]
 NIH_CSV_COLUMNS = (  # the full header of the real file; the reader needs only some of these columns
     "Image Index",
     "Finding Labels",

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
+from runs import run_folder, run_params
 
 from lesionsignal.config.params import load_params
 from lesionsignal.pipeline.catalog import Catalog
@@ -148,32 +147,21 @@ def test_an_executed_section_is_up_to_date_until_an_output_changes(
     assert up_to_date(section, params, ROOT)
 
 
-def _params_with(tmp_folder: Path, change: dict) -> Path:
-    data = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
-    relative = tmp_folder.relative_to(ROOT).as_posix()
-    for key in ("work", "figures", "tables", "reports"):
-        data["paths"][key] = f"{relative}/{key}"
-    data.update(change)
-    target = tmp_folder / "params.yaml"
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
-
-
 @pytest.fixture
-def run_folder(smoke_params_file: Path) -> Path:
+def case_folder(smoke_params_file: Path) -> Path:
     """A folder of its own inside the session's run folder, so a test's parameters have relative paths."""
-    return Path(tempfile.mkdtemp(prefix="case-", dir=smoke_params_file.parent))
+    return run_folder("case-", smoke_params_file.parent)
 
 
 def test_missing_input_files_stop_the_run_before_any_notebook_listing_them_all(
-    run_folder: Path, capsys: pytest.CaptureFixture[str]
+    case_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from lesionsignal.pipeline.runner import main
 
     nih = {"name": "nih", "kind": "nih", "csv": "data/nih/Data_Entry_2017_v2020.csv", "image_dirs": ["data/nih/a"]}
     det = {"name": "det", "kind": "chestxdet10", "train_json": "x/train.json", "test_json": "x/test.json"}
     det["image_dirs"] = ["x"]
-    params = _params_with(run_folder, {"cohorts": [nih, det]})
+    params = run_params(case_folder, cohorts=[nih, det])
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "5 problem(s) to fix before the run" in err.splitlines()[0]
@@ -185,16 +173,16 @@ def test_missing_input_files_stop_the_run_before_any_notebook_listing_them_all(
         ("cohorts[1].image_dirs[0]", "x"),
     ):
         assert f"  {key}: {missing} does not exist" in err
-    reports = run_folder / "reports" / "smoke"
+    reports = case_folder / "reports" / "smoke"
     assert sorted(p.name for p in reports.iterdir()) == ["preflight.json", "preflight.md"]  # no notebook ran
 
 
 def test_a_typo_in_the_parameters_is_one_message_naming_file_and_key(
-    run_folder: Path, capsys: pytest.CaptureFixture[str]
+    case_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from lesionsignal.pipeline.stages import main
 
-    params = _params_with(run_folder, {"probe": {"n_bot": 10}})
+    params = run_params(case_folder, probe={"n_bot": 10})
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     shown = params.relative_to(ROOT).as_posix()
@@ -209,11 +197,11 @@ def test_a_typo_in_the_parameters_is_one_message_naming_file_and_key(
 
 @pytest.mark.notebook
 def test_a_user_error_inside_a_notebook_ends_its_cell_with_one_message(
-    run_folder: Path, smoke_reports: Path, capsys: pytest.CaptureFixture[str]
+    case_folder: Path, smoke_reports: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from lesionsignal.pipeline.runner import main
 
-    params = _params_with(run_folder, {"gallery": {"films": ["no_such_film"]}})
+    params = run_params(case_folder, gallery={"films": ["no_such_film"]})
     assert main(["--params", str(params), "--only", "01", "--no-html"]) == 1
     err = capsys.readouterr().err
     assert "ParamsError" in err and "gallery.films" in err and "no_such_film" in err

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from runs import run_folder, run_params
 
 from lesionsignal.config.params import load_params
 from lesionsignal.features.cost import encoder_cost
@@ -19,27 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def run_folder() -> Path:
-    """A folder inside the checkout's ignored .cache/, so the parameter files written there use relative paths."""
-    base = ROOT / ".cache" / "test-runs"
-    base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="preflight-", dir=base))
+def case_folder() -> Path:
+    return run_folder("preflight-")
 
 
-def _params(folder: Path, source: str = "smoke.yaml", **changes: object) -> Path:
-    data = yaml.safe_load((ROOT / "params" / source).read_text())
-    relative = folder.relative_to(ROOT).as_posix()
-    data.setdefault("paths", {})
-    for key in ("work", "figures", "tables", "reports"):
-        data["paths"][key] = f"{relative}/{key}"
-    data.update(changes)
-    target = folder / "params.yaml"
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
-
-
-def test_the_study_params_on_a_machine_without_the_data_list_every_missing_path(run_folder: Path) -> None:
-    params_file = _params(run_folder, "paper.yaml")
+def test_the_study_params_on_a_machine_without_the_data_list_every_missing_path(case_folder: Path) -> None:
+    params_file = run_params(case_folder, "paper.yaml")
     params = load_params(params_file)
     report = check(params_file, ROOT, measure=False)
     fatal = {(f.where, f.message) for f in report.fatal}
@@ -52,20 +36,18 @@ def test_the_study_params_on_a_machine_without_the_data_list_every_missing_path(
     assert set(planned.values()) == {sum(c.n_images or 0 for c in panel) * 30}  # 29 conditions and the clean pass
 
 
-def test_the_command_exits_non_zero_and_writes_its_report(run_folder: Path, capsys: pytest.CaptureFixture) -> None:
-    params_file = _params(
-        run_folder, "smoke.yaml", cohorts=[{"name": "x", "kind": "nih", "csv": "no.csv", "image_dirs": ["no"]}]
-    )
+def test_the_command_exits_non_zero_and_writes_its_report(case_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    params_file = run_params(case_folder, cohorts=[{"name": "x", "kind": "nih", "csv": "no.csv", "image_dirs": ["no"]}])
     assert main(["--params", str(params_file)]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "cohorts[0].csv: no.csv does not exist" in out
     assert "cohorts[0].image_dirs[0]: no does not exist" in out
-    written = json.loads((run_folder / "reports" / "smoke" / "preflight.json").read_text())
+    written = json.loads((case_folder / "reports" / "smoke" / "preflight.json").read_text())
     assert written["ok"] is False and len([f for f in written["findings"] if f["severity"] == "fatal"]) == 2
 
 
-def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(run_folder: Path) -> None:
-    params_file = _params(run_folder)
+def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(case_folder: Path) -> None:
+    params_file = run_params(case_folder)
     params = load_params(params_file)
     report = check(params_file, ROOT, measure=False)
     assert report.fatal == []
@@ -75,15 +57,15 @@ def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(run_folder
     assert plan.gflops_per_image and plan.gflops_per_image > 0 and plan.parameters
     markdown = report.to_markdown()
     assert "passed" in markdown.splitlines()[0] and "## Encoders and the plan" in markdown
-    json_path, md_path = write_report(report, run_folder / "out")
+    json_path, md_path = write_report(report, case_folder / "out")
     assert json.loads(json_path.read_text())["ok"] is True and md_path.read_text() == markdown
 
 
-def test_bad_cohort_rows_are_listed_with_their_file_and_row(run_folder: Path) -> None:
-    images = run_folder / "images"
+def test_bad_cohort_rows_are_listed_with_their_file_and_row(case_folder: Path) -> None:
+    images = case_folder / "images"
     images.mkdir()
     (images / "a.png").write_bytes(b"")
-    table = run_folder / "cohort.csv"
+    table = case_folder / "cohort.csv"
     table.write_text("path,patient_id,split,view,edema\na.png,p1,train,PA,0\nb.png,p2,test,PA,1\nc.png,p3,test,PA,0\n")
     cohort = {
         "name": "inst",
@@ -94,14 +76,14 @@ def test_bad_cohort_rows_are_listed_with_their_file_and_row(run_folder: Path) ->
         "label_columns": {"edema": "edema"},
         "uses": ["disease"],
     }
-    report = check(_params(run_folder, cohorts=[cohort], encoders=[]), ROOT, measure=False)
+    report = check(run_params(case_folder, cohorts=[cohort], encoders=[]), ROOT, measure=False)
     messages = " ".join(f"{f.where} {f.message}" for f in report.fatal)
     assert "b.png" in messages and "c.png" in messages, messages
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_a_gpu_run_on_a_machine_without_one_is_fatal(run_folder: Path) -> None:
-    report = check(_params(run_folder, extraction={"device": "cuda"}), ROOT, measure=False)
+def test_a_gpu_run_on_a_machine_without_one_is_fatal(case_folder: Path) -> None:
+    report = check(run_params(case_folder, extraction={"device": "cuda"}), ROOT, measure=False)
     assert [f.where for f in report.fatal] == ["extraction.device"]
     assert report.encoders, "the encoders are still checked"
 
@@ -136,7 +118,7 @@ def test_findings_read_as_key_and_message() -> None:
 
 
 def test_an_encoder_folder_that_disagrees_with_the_registry_and_a_refused_precision_are_fatal(
-    run_folder: Path, tmp_path: Path
+    case_folder: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "dinov2"
     folder.mkdir()
@@ -147,7 +129,7 @@ def test_an_encoder_folder_that_disagrees_with_the_registry_and_a_refused_precis
         {"id": "dinov2-b14", "source": str(folder)},
         {"id": "dinov3-vit7b16", "source": str(folder), "dtype": "float16"},
     ]
-    report = check(_params(run_folder, encoders=encoders), ROOT, measure=False)
+    report = check(run_params(case_folder, encoders=encoders), ROOT, measure=False)
     fatal = [str(f) for f in report.fatal]
     assert any("encoders[0] (dinov2-b14)" in f and "patch_size: registry 14 vs 16" in f for f in fatal), fatal
     assert any(f.startswith("fatal: encoders[1] (dinov3-vit7b16).dtype:") and "float16" in f for f in fatal), fatal
