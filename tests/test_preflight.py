@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def case_folder() -> Path:
-    return run_folder("preflight-")
+def case_folder() -> Iterator[Path]:
+    folder = run_folder("preflight-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_study_params_on_a_machine_without_the_data_list_every_missing_path(case_folder: Path) -> None:
