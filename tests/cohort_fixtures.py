@@ -13,3 +13,11 @@ MIMIC = FIXTURES / "mimic"
 INSTITUTIONAL = FIXTURES / "institutional"
 DET = FIXTURES / "chestxdet10"
 DET_DIRS = [DET / "train_data", DET / "test_data"]
+# The institutional fixture's CSV columns: every role under a name of its own, as a hospital export would have them.
+INSTITUTIONAL_COLUMNS = {
+    "path": "image_path",
+    "patient_id": "mrn",
+    "split": "partition",
+    "labels": {"cardiomegaly": "cardiomegaly_label", "edema": "edema_label", "lung_lesion": "lesion_label"},
+    "view": "view_position",
+}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from cohort_fixtures import INSTITUTIONAL, MIMIC, NIH_CSV, NIH_DIRS, NIH_LISTS
+from cohort_fixtures import INSTITUTIONAL, INSTITUTIONAL_COLUMNS, MIMIC, NIH_CSV, NIH_DIRS, NIH_LISTS
 
 from lesionsignal.data.institutional import read_institutional
 from lesionsignal.data.manifest import DISEASES, MAX_SHOWN, Manifest, ManifestError
@@ -296,20 +296,11 @@ def test_mimic_image_missing_from_the_split_file_names_its_metadata_line(tmp_pat
 # ---------------------------------------------------------------- institutional
 
 
-COLUMNS = {
-    "path": "image_path",
-    "patient_id": "mrn",
-    "split": "partition",
-    "labels": {"cardiomegaly": "cardiomegaly_label", "edema": "edema_label", "lung_lesion": "lesion_label"},
-    "view": "view_position",
-}
-
-
 def _institutional(csv: Path, **kw):
     return read_institutional(
         csv,
         root=INSTITUTIONAL,
-        columns=COLUMNS,
+        columns=INSTITUTIONAL_COLUMNS,
         window_columns=("voi_min", "voi_max"),
         split_map={"val": "train"},
         **kw,
@@ -363,4 +354,4 @@ def test_institutional_cut_short_and_repeated_files(tmp_path: Path) -> None:
 def test_institutional_split_map_to_an_unknown_split_is_named(tmp_path: Path) -> None:
     csv = shutil.copy(INSTITUTIONAL / "cohort.csv", tmp_path / "cohort.csv")
     with pytest.raises(ManifestError, match=r"line 4 \(emory_0003\.png\): column 'partition': 'val' becomes 'dev'"):
-        read_institutional(csv, root=INSTITUTIONAL, columns=COLUMNS, split_map={"val": "dev"})
+        read_institutional(csv, root=INSTITUTIONAL, columns=INSTITUTIONAL_COLUMNS, split_map={"val": "dev"})

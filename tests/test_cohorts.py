@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cohort_fixtures import DET, DET_DIRS, FIXTURES, MIMIC, NIH, NIH_CSV, NIH_DIRS, NIH_LISTS
+from cohort_fixtures import DET, DET_DIRS, FIXTURES, INSTITUTIONAL_COLUMNS, MIMIC, NIH, NIH_CSV, NIH_DIRS, NIH_LISTS
 
 from lesionsignal.core.box import Box
 from lesionsignal.data.chestxdet10 import CHESTXDET10_CLASSES, read_chestxdet10
@@ -282,15 +282,6 @@ def test_make_mimic_subsample_is_patient_whole_stratified_and_deterministic(tmp_
 
 
 # ---------------------------------------------------------------- institutional
-
-
-INSTITUTIONAL_COLUMNS = {
-    "path": "image_path",
-    "patient_id": "mrn",
-    "split": "partition",
-    "labels": {"cardiomegaly": "cardiomegaly_label", "edema": "edema_label", "lung_lesion": "lesion_label"},
-    "view": "view_position",
-}
 
 
 def _institutional(csv: Path | None = None, **kw) -> Manifest:
