@@ -173,7 +173,12 @@ def _perturb(
 
     def one(i: int) -> np.ndarray:
         result = apply(
-            canvases[i], condition, chunk[i].image_id, margin=placement.margin, base_seed=placement.base_seed
+            canvases[i],
+            condition,
+            chunk[i].image_id,
+            margin=placement.margin,
+            base_seed=placement.base_seed,
+            switches=placement.switches,
         )
         if (result.box,) != unit.boxes[i]:
             raise ExtractionError(f"{condition.name} / {chunk[i].image_id}: patch at {result.box}, planned elsewhere")
@@ -255,7 +260,9 @@ def run_extraction(
             chunk_index, _ = task
             if chunk_index not in decoded:
                 decoded.clear()  # only the chunk in hand and the next are ever held
-                decoded[chunk_index] = load_canvases(first.chunks[chunk_index], first.placement.canvas_size, pool)
+                decoded[chunk_index] = load_canvases(
+                    first.chunks[chunk_index], first.placement.canvas_size, pool, first.placement.switches.resample
+                )
             canvases = decoded[chunk_index]
             unit = pending[task][0][1]
             if unit.condition is None:
