@@ -36,13 +36,23 @@ from lesionsignal.core.canvas import load_canvas
 from lesionsignal.core.validate import ParamsError
 from lesionsignal.data.registry import real_films
 from lesionsignal.pipeline.stage import open_run
-from lesionsignal.stimuli.gallery import differences_table, make_panel, plot_gallery
+from lesionsignal.stimuli.convention import Convention, PanelSwitches
+from lesionsignal.stimuli.gallery import (
+    convention_pairs,
+    convention_table,
+    differences_table,
+    make_panel,
+    plot_convention_pairs,
+    plot_gallery,
+)
 from lesionsignal.stimuli.panel import Family, conditions_table, panel
 
 run = open_run(params_file)
 params = run.params
 outputs = run.catalog.outputs("01_perturbation_gallery")
+switches = params.panel.resolved_switches()
 print(params.label.text)
+print(f"panel convention: {params.panel.convention.value}, margin {params.panel.margin}")
 
 # %% [markdown]
 # ## The films
@@ -54,7 +64,8 @@ missing = [f for f in params.gallery.films if f not in films]
 if missing:
     raise ParamsError(params.source, "gallery.films", f"unknown films {missing}; known: {', '.join(sorted(films))}")
 canvases = {
-    film_id: load_canvas(films[film_id].path, size=params.panel.canvas_size) for film_id in params.gallery.films
+    film_id: load_canvas(films[film_id].path, size=params.panel.canvas_size, resample=switches.resample)
+    for film_id in params.gallery.films
 }
 conditions = panel(params.gallery.conditions or params.panel.conditions)
 print(f"{len(canvases)} films x {len(conditions)} conditions")
@@ -87,6 +98,7 @@ for film_id, canvas in canvases.items():
                 crop=params.gallery.crop,
                 margin=params.panel.margin,
                 base_seed=params.panel.base_seed,
+                switches=switches,
             )
             for c in members
         ]
@@ -103,6 +115,38 @@ for film_id, canvas in canvases.items():
 # %%
 differences = differences_table(panels)
 display(outputs.table(differences, "01_gallery_differences", "Gray-level change made by each condition on each film"))
+
+# %% [markdown]
+# ## The two conventions side by side
+# The panel can be drawn two ways (docs/PROTOCOL.md, section 2.4): `spec`, this protocol's text, and `authors`,
+# the authors' public code pixel for pixel, which produced the paper's numbers. They differ in the placement's
+# upper bound, the circles' centre, the diagonal's coin, the clipping, the float-to-uint8 cast, the ground-glass
+# centre and the canvas resize. Here both are drawn on the first gallery film at this run's margin and seed, each on
+# its own canvas: the crop under each convention (orange, green: the patch boxes) and authors minus spec. The table
+# counts the pixels that differ for every condition of the run.
+
+# %%
+conventions = tuple(PanelSwitches.for_convention(c) for c in (Convention.SPEC, Convention.AUTHORS))
+shown_film = params.gallery.films[0]
+film_path = films[shown_film].path
+pair_canvases = tuple(load_canvas(film_path, size=params.panel.canvas_size, resample=s.resample) for s in conventions)
+pairs = convention_pairs(
+    pair_canvases,
+    film_path.name,
+    conditions,
+    conventions,
+    margin=params.panel.margin,
+    base_seed=params.panel.base_seed,
+)
+compared = convention_table(pairs)
+caption = f"Pixels that differ between the spec and authors conventions, per condition, on {shown_film}"
+display(outputs.table(compared, f"01_conventions_{shown_film}", caption))
+# One condition per drawing difference (placement and the canvas resize show in every one).
+featured = ("C1", "C2", "L4", "L8", "dir_cranio_L21_P64", "reticular_fine_32", "ground_glass_64")
+shown_pairs = [pair for pair in pairs if pair.condition.name in featured] or pairs[:4]
+fig = plot_convention_pairs(shown_pairs, ("spec", "authors"), params.gallery.crop, f"spec vs authors on {shown_film}")
+caption = f"The spec and authors conventions side by side on {shown_film}: crops and authors - spec"
+display(outputs.figure(fig, f"01_conventions_{shown_film}", caption))
 
 # %% [markdown]
 # ## The cohorts

@@ -22,6 +22,7 @@ from lesionsignal.features.extraction import (
     unit_store,
 )
 from lesionsignal.features.pools import RawPixels
+from lesionsignal.stimuli.convention import Convention, PanelSwitches, PlacementBound
 from lesionsignal.stimuli.inject import apply
 from lesionsignal.stimuli.panel import get_condition
 from lesionsignal.stimuli.placement import Placement, patch_box
@@ -192,3 +193,21 @@ def test_sources_that_differ_in_images_are_refused(tmp_path: Path, images: list[
     fewer = panel_plan(store, RawPixels(global_side=16), "toy", images[:-1], CONDITIONS, PLACEMENT, chunk_size=3)
     with pytest.raises(ExtractionError, match="must share images and views"):
         run_extraction([(RawPixels(), first), (RawPixels(global_side=16), fewer)], store, progress=False)
+
+
+def test_the_panel_convention_enters_every_unit_key(tmp_path: Path, images: list[ImageItem]) -> None:
+    store = unit_store(tmp_path / "units")
+    authors = dataclasses.replace(PLACEMENT, switches=PanelSwitches.for_convention(Convention.AUTHORS))
+    truncating = PLACEMENT.switches.with_overrides({"texture_cast": "truncate"})
+    one_switch = dataclasses.replace(PLACEMENT, switches=truncating)
+    keys = [
+        {u.key for u in panel_plan(store, RawPixels(), "toy", images, CONDITIONS, p, chunk_size=3).units}
+        for p in (PLACEMENT, authors, one_switch)
+    ]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    plan = panel_plan(store, RawPixels(), "toy", images, CONDITIONS, authors, chunk_size=3)
+    for unit in plan.of("S8"):
+        for item, (box,) in zip(plan.chunks[unit.chunk], unit.boxes, strict=True):
+            assert box == patch_box(item.image_id, 8, CANVAS, 0.15, 42, PlacementBound.AUTHORS)
+    (report,) = run_extraction([(RawPixels(), plan)], store, progress=False, workers=1)
+    assert report.complete

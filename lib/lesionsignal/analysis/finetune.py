@@ -39,6 +39,7 @@ from lesionsignal.analysis.probe import threshold_max_f1
 from lesionsignal.analysis.stats import auc, bootstrap_auc_ci
 from lesionsignal.core.box import Box, centred_window
 from lesionsignal.core.cache import FRAMES, Store
+from lesionsignal.core.canvas import Resample
 from lesionsignal.core.digests import stable_digest
 from lesionsignal.core.kinds import Pool
 from lesionsignal.core.parallel import map_single_threaded
@@ -176,7 +177,12 @@ def build_views(
             continue  # MIMIC's separate validation split has no role in a train / test ceiling
         for name, condition in conditions.items():
             perturbed = apply(
-                sample.canvas, condition, sample.image_id, margin=placement.margin, base_seed=placement.base_seed
+                sample.canvas,
+                condition,
+                sample.image_id,
+                margin=placement.margin,
+                base_seed=placement.base_seed,
+                switches=placement.switches,
             )
             for view in (View.WHOLE, View.ORACLE):
                 if (name, view) not in parts:
@@ -408,7 +414,12 @@ def finetune_store(folder: Path) -> Store[pd.DataFrame]:
 
 
 def iter_samples(
-    items: Sequence[ImageItem], splits: Mapping[str, str], size: int, workers: int, chunk: int = 64
+    items: Sequence[ImageItem],
+    splits: Mapping[str, str],
+    size: int,
+    workers: int,
+    chunk: int = 64,
+    resample: Resample = Resample.FLOAT,
 ) -> Iterator[Sample]:
     """Canvases in item order, decoded ``chunk`` at a time so memory holds a chunk, not the cohort."""
     missing = [item.image_id for item in items if item.image_id not in splits]
@@ -417,7 +428,7 @@ def iter_samples(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
-            for item, canvas in zip(part, load_canvases(part, size, pool), strict=True):
+            for item, canvas in zip(part, load_canvases(part, size, pool, resample), strict=True):
                 yield Sample(item.image_id, splits[item.image_id], canvas)
 
 
@@ -458,7 +469,7 @@ def run_finetune(
     keys = {(c.name, v): store.key(images_key, placement, c, v, config) for c, v in cells}
     todo = [(c, v) for c, v in cells if not store.has(keys[(c.name, v)])]
     if todo:
-        samples = iter_samples(items, splits, placement.canvas_size, workers)
+        samples = iter_samples(items, splits, placement.canvas_size, workers, resample=placement.switches.resample)
         views = build_views(samples, todo, placement, config)
         jobs = [(views[(c.name, v)], v, config) for c, v in todo]
         for (condition, view), result in zip(todo, _train_all(jobs, config, workers), strict=True):

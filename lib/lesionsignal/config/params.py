@@ -21,7 +21,8 @@ from lesionsignal.core.validate import FieldError, ParamsError, build
 from lesionsignal.demo.config import DemoCohortConfig
 from lesionsignal.paper.outputs import RunLabel
 from lesionsignal.paper.registry import SFDI_PANEL
-from lesionsignal.stimuli.panel import condition_names
+from lesionsignal.stimuli.convention import Convention, PanelSwitches
+from lesionsignal.stimuli.panel import PanelError, condition_names
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,19 @@ class PanelParams:
     margin: float = 0.15  # the paper's central 70 %; the authors' final code used 0.20
     base_seed: int = 42
     conditions: tuple[str, ...] = ()  # empty: the whole 29-condition panel
+    # spec: the protocol text; authors: the authors' code pixel for pixel (docs/PROTOCOL.md section 2)
+    convention: Convention = Convention.SPEC
+    switches: dict[str, str] = field(default_factory=dict)  # single switches set apart from the convention
+
+    def resolved_switches(self) -> PanelSwitches:
+        """The convention's switches with this run's overrides."""
+        return PanelSwitches.for_convention(self.convention).with_overrides(self.switches)
 
     def __post_init__(self) -> None:
+        try:
+            self.resolved_switches()
+        except PanelError as err:
+            raise FieldError("switches", str(err)) from None
         if self.canvas_size < 64:
             raise FieldError("canvas_size", f"must be at least 64, got {self.canvas_size}")
         if not 0.0 <= self.margin < 0.5:

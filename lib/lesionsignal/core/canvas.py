@@ -47,6 +47,13 @@ class SourceFormat(enum.Enum):
     DICOM = "dicom"
 
 
+class Resample(enum.Enum):
+    """Arithmetic of the Lanczos-4 resize to the canvas side."""
+
+    FLOAT = "float"  # float32, then clip and round half to even: ringing cannot wrap round
+    UINT8 = "uint8"  # OpenCV on the uint8 array (its saturating rounding): the authors' code
+
+
 class Photometric(enum.Enum):
     """Photometric interpretation of the source; the pixels handed on are always single-channel gray."""
 
@@ -144,27 +151,36 @@ def to_gray8(image: np.ndarray, window: Window | None = None, *, source: str | P
 
 
 def to_canvas(
-    image: np.ndarray, size: int = CANVAS_SIZE, window: Window | None = None, *, source: str | Path = _ARRAY
+    image: np.ndarray,
+    size: int = CANVAS_SIZE,
+    window: Window | None = None,
+    *,
+    source: str | Path = _ARRAY,
+    resample: Resample = Resample.FLOAT,
 ) -> np.ndarray:
-    """Any 2-D gray image to a ``size`` x ``size`` uint8 canvas (stretch, pad, Lanczos-4)."""
+    """Any 2-D gray image to a ``size`` x ``size`` uint8 canvas (stretch, pad, Lanczos-4 in ``resample``)."""
     if size < 1:
         raise CanvasError(source, f"canvas size must be positive, got {size}")
     square = pad_to_square(to_gray8(image, window, source=source), source=source)
     if square.shape[0] == size:
         return square
+    if resample is Resample.UINT8:
+        return cv2.resize(square, (size, size), interpolation=cv2.INTER_LANCZOS4)
     # Resize in float32 so Lanczos ringing can be clipped instead of wrapping round in uint8.
     resized = cv2.resize(square.astype(np.float32), (size, size), interpolation=cv2.INTER_LANCZOS4)
     return np.rint(np.clip(resized, 0.0, 255.0)).astype(np.uint8)
 
 
-def load_canvas(path: str | Path, size: int = CANVAS_SIZE, window: Window | None = None) -> np.ndarray:
+def load_canvas(
+    path: str | Path, size: int = CANVAS_SIZE, window: Window | None = None, *, resample: Resample = Resample.FLOAT
+) -> np.ndarray:
     """Read a PNG / JPEG / DICOM file and return its uint8 canvas; ``window`` overrides the DICOM window."""
     pixels, info = read_image(path)
     chosen = window if window is not None else info.window
     gray = to_gray8(pixels, chosen, source=info.path)
     if info.photometric is Photometric.MONOCHROME1:
         gray = 255 - gray
-    return to_canvas(gray, size, source=info.path)
+    return to_canvas(gray, size, source=info.path, resample=resample)
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionsignal.core.canvas import CanvasError, Window, load_canvas
+from lesionsignal.core.canvas import CanvasError, Resample, Window, load_canvas
 from lesionsignal.core.errors import UserError
 
 
@@ -33,14 +33,16 @@ class ImageItem:
             raise ImageError(f"image {self.image_id}: cannot read {self.path} ({err})") from None
         return (self.image_id, self.path.name, size, self.window)
 
-    def canvas(self, size: int) -> np.ndarray:
+    def canvas(self, size: int, resample: Resample = Resample.FLOAT) -> np.ndarray:
         window = Window(*self.window) if self.window else None
         try:
-            return load_canvas(self.path, size=size, window=window)
+            return load_canvas(self.path, size=size, window=window, resample=resample)
         except (CanvasError, ValueError) as err:
             raise ImageError(f"image {self.image_id}: {err}") from err
 
 
-def load_canvases(items: Sequence[ImageItem], size: int, pool: ThreadPoolExecutor) -> np.ndarray:
+def load_canvases(
+    items: Sequence[ImageItem], size: int, pool: ThreadPoolExecutor, resample: Resample = Resample.FLOAT
+) -> np.ndarray:
     """The canvases of ``items`` in order, decoded on ``pool``'s threads: (len(items), size, size) uint8."""
-    return np.stack(list(pool.map(lambda item: item.canvas(size), items)))
+    return np.stack(list(pool.map(lambda item: item.canvas(size, resample), items)))

@@ -26,11 +26,13 @@ import numpy as np
 
 from lesionsignal.core.box import Box
 from lesionsignal.core.cache import ARRAYS, Store
+from lesionsignal.core.canvas import Resample
 from lesionsignal.core.files import load_arrays, save_arrays
 from lesionsignal.core.progress import progress_bar
 from lesionsignal.data.images import ImageItem, load_canvases
 from lesionsignal.data.manifest import repeats
 from lesionsignal.features.pools import FeatureSource
+from lesionsignal.stimuli.convention import SPEC
 from lesionsignal.stimuli.inject import apply
 from lesionsignal.stimuli.panel import Condition, panel
 from lesionsignal.stimuli.placement import Placement
@@ -133,12 +135,14 @@ def box_plan(
     boxes: Sequence[Sequence[Box]],
     canvas_size: int = 1024,
     chunk_size: int = 64,
+    resample: Resample = Resample.FLOAT,
 ) -> Plan:
-    """Per chunk, one clean unit pooled at the given boxes of each image (``boxes`` aligned with ``images``)."""
+    """Per chunk, one clean unit pooled at the given boxes of each image (``boxes`` aligned with ``images``);
+    ``resample`` is the canvas step's arithmetic (the panel convention's, so a run reads every film one way)."""
     if len(boxes) != len(images):
         raise ExtractionError(f"cohort {cohort!r}: {len(boxes)} box lists for {len(images)} images")
     chunks = _chunks(cohort, images, chunk_size)
-    placement = Placement(canvas_size=canvas_size)
+    placement = Placement(canvas_size=canvas_size, switches=SPEC.with_overrides({"resample": resample.value}))
     units: list[Unit] = []
     start = 0
     for index, chunk in enumerate(chunks):
@@ -173,7 +177,12 @@ def _perturb(
 
     def one(i: int) -> np.ndarray:
         result = apply(
-            canvases[i], condition, chunk[i].image_id, margin=placement.margin, base_seed=placement.base_seed
+            canvases[i],
+            condition,
+            chunk[i].image_id,
+            margin=placement.margin,
+            base_seed=placement.base_seed,
+            switches=placement.switches,
         )
         if (result.box,) != unit.boxes[i]:
             raise ExtractionError(f"{condition.name} / {chunk[i].image_id}: patch at {result.box}, planned elsewhere")
@@ -255,7 +264,9 @@ def run_extraction(
             chunk_index, _ = task
             if chunk_index not in decoded:
                 decoded.clear()  # only the chunk in hand and the next are ever held
-                decoded[chunk_index] = load_canvases(first.chunks[chunk_index], first.placement.canvas_size, pool)
+                decoded[chunk_index] = load_canvases(
+                    first.chunks[chunk_index], first.placement.canvas_size, pool, first.placement.switches.resample
+                )
             canvases = decoded[chunk_index]
             unit = pending[task][0][1]
             if unit.condition is None:

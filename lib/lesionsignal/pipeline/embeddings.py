@@ -39,7 +39,8 @@ STABLE_COLUMNS = ["source", "label", "cohort", "conditions", "rows_per_condition
 
 
 def placement(params: Params) -> Placement:
-    return Placement(params.panel.canvas_size, params.panel.margin, params.panel.base_seed)
+    panel = params.panel
+    return Placement(panel.canvas_size, panel.margin, panel.base_seed, panel.resolved_switches())
 
 
 def conditions(params: Params) -> list[Condition]:

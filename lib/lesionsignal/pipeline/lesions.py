@@ -53,7 +53,7 @@ def compute(run: Run) -> bool:
         chosen = {s.source_id: source_design(design, s) for s in sources}
         jobs = [
             (s, box_plan(store, s, name, design.items, chosen[s.source_id].boxes, design.canvas_size,
-                         params.extraction.chunk_size))
+                         params.extraction.chunk_size, params.panel.resolved_switches().resample))
             for s in sources
         ]  # fmt: skip
         excluded += [chosen[s.source_id].exclusions.assign(cohort=name) for s in sources]

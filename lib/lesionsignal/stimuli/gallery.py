@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from lesionsignal.core.box import Box
-from lesionsignal.stimuli.inject import apply
+from lesionsignal.stimuli.convention import SPEC, PanelSwitches
+from lesionsignal.stimuli.inject import Perturbed, apply
 from lesionsignal.stimuli.panel import Condition
 
 
@@ -43,9 +44,16 @@ def crop_window(box: Box, side: int, canvas_size: int) -> Box:
 
 
 def make_panel(
-    canvas: np.ndarray, film_id: str, condition: Condition, *, crop: int, margin: float, base_seed: int
+    canvas: np.ndarray,
+    film_id: str,
+    condition: Condition,
+    *,
+    crop: int,
+    margin: float,
+    base_seed: int,
+    switches: PanelSwitches = SPEC,
 ) -> GalleryPanel:
-    result = apply(canvas, condition, film_id, margin=margin, base_seed=base_seed)
+    result = apply(canvas, condition, film_id, margin=margin, base_seed=base_seed, switches=switches)
     window = crop_window(result.box, crop, canvas.shape[0])
     rows, cols = slice(window.y1, window.y2), slice(window.x1, window.x2)
     return GalleryPanel(
@@ -113,3 +121,97 @@ def differences_table(panels: Sequence[GalleryPanel]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class ConventionPair:
+    """One condition on one film drawn under two sets of switches (each on its own canvas, since the canvas step
+    is itself a switch): ``a`` and ``b`` are the whole perturbed canvases."""
+
+    film_id: str
+    condition: Condition
+    a: Perturbed
+    b: Perturbed
+
+    @property
+    def difference(self) -> np.ndarray:
+        """b - a over the whole canvas, int16."""
+        return self.b.image.astype(np.int16) - self.a.image.astype(np.int16)
+
+
+def convention_pairs(
+    canvases: tuple[np.ndarray, np.ndarray],
+    film_id: str,
+    conditions: Sequence[Condition],
+    switches: tuple[PanelSwitches, PanelSwitches],
+    *,
+    margin: float,
+    base_seed: int,
+) -> list[ConventionPair]:
+    """Every condition drawn on ``canvases[0]`` with ``switches[0]`` and on ``canvases[1]`` with ``switches[1]``."""
+    pairs = []
+    for condition in conditions:
+        a, b = (
+            apply(canvas, condition, film_id, margin=margin, base_seed=base_seed, switches=chosen)
+            for canvas, chosen in zip(canvases, switches, strict=True)
+        )
+        pairs.append(ConventionPair(film_id, condition, a, b))
+    return pairs
+
+
+def convention_table(pairs: Sequence[ConventionPair]) -> pd.DataFrame:
+    """Per film and condition: whether the boxes coincide, pixels that differ (whole canvas, and inside the union
+    of the two boxes), and the mean signed change b - a over the differing pixels."""
+    rows = []
+    for pair in pairs:
+        diff = pair.difference
+        union = np.zeros(diff.shape, dtype=bool)
+        union[pair.a.box.slices()] = union[pair.b.box.slices()] = True
+        moved = diff != 0
+        rows.append(
+            {
+                "film": pair.film_id,
+                "condition": pair.condition.name,
+                "family": pair.condition.family.value,
+                "same_box": pair.a.box == pair.b.box,
+                "pixels_differing": int(moved.sum()),
+                "pixels_differing_in_boxes": int((moved & union).sum()),
+                "mean_change": float(diff[moved].mean()) if moved.any() else 0.0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_convention_pairs(pairs: Sequence[ConventionPair], labels: tuple[str, str], crop: int, title: str) -> object:
+    """One row per condition: crop of ``a``, crop of ``b`` (both boxes drawn), and b - a, around the two boxes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if not pairs:
+        raise ValueError("plot_convention_pairs needs at least one pair")
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(7.6, 2.4 * len(pairs) + 0.6), squeeze=False)
+    for row, pair in zip(axes, pairs, strict=True):
+        both = Box(
+            min(pair.a.box.x1, pair.b.box.x1),
+            min(pair.a.box.y1, pair.b.box.y1),
+            max(pair.a.box.x2, pair.b.box.x2),
+            max(pair.a.box.y2, pair.b.box.y2),
+        )
+        window = crop_window(both, crop, pair.a.image.shape[0])
+        rows, cols = slice(window.y1, window.y2), slice(window.x1, window.x2)
+        extent = (window.x1, window.x2, window.y2, window.y1)
+        for ax, result, label, colour in ((row[0], pair.a, labels[0], "orange"), (row[1], pair.b, labels[1], "lime")):
+            ax.imshow(result.image[rows, cols], cmap="gray", vmin=0, vmax=255, extent=extent, interpolation="nearest")
+            ax.add_patch(_rect(Rectangle, result.box, colour, 0.8))
+            ax.set_title(f"{pair.condition.name}: {label}", fontsize=8)
+        diff = pair.difference[rows, cols]
+        limit = max(1, int(np.abs(diff).max()))
+        image = row[2].imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent, interpolation="nearest")
+        row[2].set_title(f"{labels[1]} - {labels[0]} ({int(np.count_nonzero(diff))} px differ)", fontsize=8)
+        fig.colorbar(image, ax=row[2], fraction=0.046, pad=0.04)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.98))
+    return fig

@@ -14,6 +14,15 @@ import cv2
 import numpy as np
 
 from lesionsignal.core.box import Box
+from lesionsignal.stimuli.convention import (
+    SPEC,
+    BumpCentre,
+    CircleCentre,
+    DiagonalCoin,
+    PanelSwitches,
+    PatchClip,
+    TextureCast,
+)
 from lesionsignal.stimuli.panel import (
     GRAY_CLIP,
     GRAY_HALF_RANGE,
@@ -47,9 +56,14 @@ def line_kernel(length: int, angle_deg: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def circle_mask(patch: int, radius: float) -> np.ndarray:
-    """Pixels whose centres lie within `radius` (inclusive) of the box centre ((P - 1) / 2, (P - 1) / 2)."""
-    offsets = np.arange(patch) - (patch - 1) / 2
+def circle_mask(patch: int, radius: float, centre: CircleCentre = CircleCentre.BOX_CENTRE) -> np.ndarray:
+    """Pixels whose centres lie within `radius` (inclusive) of the circle's centre.
+
+    BOX_CENTRE: ((P - 1) / 2, (P - 1) / 2), the box's middle; PIXEL: the pixel (P // 2, P // 2), which for the
+    panel's radii 1 and 2 is the footprint of a filled cv2.circle there (5 and 13 px).
+    """
+    middle = (patch - 1) / 2 if centre is CircleCentre.BOX_CENTRE else patch // 2
+    offsets = np.arange(patch) - middle
     return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
 
 
@@ -73,11 +87,13 @@ def patch_mode(patch: np.ndarray) -> int:
 # ---------------------------------------------------------------- families
 
 
-def _geometric(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+def _geometric(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
     """Draw the pattern, then clip the whole P x P patch (not only the drawn pixels) to [20, 235].
 
     Draw order on the shared generator: the gray level (S: one per pixel, row-major), then for a diagonal the
-    coin (0 = main, 1 = anti).
+    coin (ONE_IS_ANTI: 0 = main, 1 = anti; ONE_IS_MAIN: the reverse).
     """
     out = canvas.copy()
     view = out[box.slices()]
@@ -88,9 +104,10 @@ def _geometric(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Genera
         gray = int(rng.integers(lo, hi + 1))
         if c.shape is Shape.CIRCLE:
             assert c.radius is not None
-            mask = circle_mask(c.patch, c.radius)
+            mask = circle_mask(c.patch, c.radius, switches.circle)
         else:
-            mask = diagonal_mask(c.patch, anti=bool(rng.integers(0, 2)))
+            one = bool(rng.integers(0, 2))
+            mask = diagonal_mask(c.patch, anti=one if switches.diagonal is DiagonalCoin.ONE_IS_ANTI else not one)
         view[mask] = gray
     np.clip(view, *GRAY_CLIP, out=view)
     return out
@@ -130,22 +147,27 @@ def directional_blur_image(image: np.ndarray, c: Condition) -> np.ndarray:
     return cv2.filter2D(image, -1, line_kernel(c.length, c.angle_deg), borderType=cv2.BORDER_REFLECT)
 
 
-def _iso_blur(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+def _iso_blur(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
     assert c.kernel is not None
     return _filter_patch(canvas, box, c.kernel // 2, lambda crop: iso_blur_image(crop, c))
 
 
-def _directional_blur(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+def _directional_blur(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
     assert c.length is not None
     return _filter_patch(canvas, box, c.length // 2, lambda crop: directional_blur_image(crop, c))
 
 
-def _add_texture(canvas: np.ndarray, box: Box, texture: np.ndarray, amplitude: float) -> np.ndarray:
-    """Add texture x patch mean x amplitude in float64, round half to even, clip to [0, 255]."""
+def _add_texture(canvas: np.ndarray, box: Box, texture: np.ndarray, amplitude: float, cast: TextureCast) -> np.ndarray:
+    """Add texture x patch mean x amplitude in float64, clip to [0, 255], then round half to even or truncate."""
     out = canvas.copy()
     patch = canvas[box.slices()].astype(np.float64)
-    added = patch + texture * patch.mean() * amplitude
-    out[box.slices()] = np.clip(np.rint(added), 0, 255).astype(np.uint8)
+    added = np.clip(patch + texture * patch.mean() * amplitude, 0, 255)
+    # Clipped first, so truncation towards zero is astype(uint8) without its wrap-round of negatives.
+    out[box.slices()] = (np.rint(added) if cast is TextureCast.ROUND else np.trunc(added)).astype(np.uint8)
     return out
 
 
@@ -160,21 +182,26 @@ def reticular_grid(patch: int, period: int) -> np.ndarray:
     return grid / peak
 
 
-def ground_glass_bump(patch: int, sigma: float) -> np.ndarray:
-    """exp(-r^2 / (2 sigma^2)), r measured from the patch centre ((P - 1) / 2, (P - 1) / 2)."""
-    offsets = np.arange(patch) - (patch - 1) / 2
+def ground_glass_bump(patch: int, sigma: float, centre: BumpCentre = BumpCentre.PIXEL_MEAN) -> np.ndarray:
+    """exp(-r^2 / (2 sigma^2)), r measured from the patch centre: (P - 1) / 2 (PIXEL_MEAN) or P / 2 (HALF_SIDE)."""
+    offsets = np.arange(patch) - ((patch - 1) / 2 if centre is BumpCentre.PIXEL_MEAN else patch / 2)
     r2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
     return np.exp(-r2 / (2 * sigma**2))
 
 
-def _reticular(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+def _reticular(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
     assert c.period is not None and c.amplitude is not None
-    return _add_texture(canvas, box, reticular_grid(c.patch, c.period), c.amplitude)
+    return _add_texture(canvas, box, reticular_grid(c.patch, c.period), c.amplitude, switches.texture_cast)
 
 
-def _ground_glass(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+def _ground_glass(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
     assert c.sigma is not None and c.amplitude is not None
-    return _add_texture(canvas, box, ground_glass_bump(c.patch, c.sigma), c.amplitude)
+    bump = ground_glass_bump(c.patch, c.sigma, switches.bump_centre)
+    return _add_texture(canvas, box, bump, c.amplitude, switches.texture_cast)
 
 
 _INJECTORS = types.MappingProxyType(
@@ -188,14 +215,24 @@ _INJECTORS = types.MappingProxyType(
 )
 
 
-def inject_at(canvas: np.ndarray, condition: Condition, box: Box, rng: np.random.Generator) -> np.ndarray:
+def inject_at(
+    canvas: np.ndarray,
+    condition: Condition,
+    box: Box,
+    rng: np.random.Generator,
+    switches: PanelSwitches = SPEC,
+) -> np.ndarray:
     """Apply a condition at a given box, skipping placement; `rng` feeds the condition's own draws."""
     if box.width != condition.patch or box.height != condition.patch:
         raise PanelError(f"condition {condition.name!r} needs a {condition.patch} px box, got {box.as_tuple()}")
     size_y, size_x = canvas.shape
     if box.x1 < 0 or box.y1 < 0 or box.x2 > size_x or box.y2 > size_y:
         raise PanelError(f"box {box.as_tuple()} lies outside the {size_y}x{size_x} canvas")
-    return _INJECTORS[condition.family](canvas, condition, box, rng)
+    out = _INJECTORS[condition.family](canvas, condition, box, rng, switches)
+    if switches.clip is PatchClip.EVERY_FAMILY:
+        view = out[box.slices()]
+        np.clip(view, *GRAY_CLIP, out=view)
+    return out
 
 
 # ---------------------------------------------------------------- public entry point
@@ -223,16 +260,17 @@ def apply(
     *,
     margin: float = 0.15,
     base_seed: int = 42,
+    switches: PanelSwitches = SPEC,
 ) -> Perturbed:
     """Perturb one canvas with one condition at the image's seeded location; the input stays unchanged.
 
     The generator that drew the location goes on to draw the condition's random values, so the whole result
-    is a function of (canvas, condition, basename, margin, base_seed).
+    is a function of (canvas, condition, basename, margin, base_seed, switches).
     """
     cond = condition if isinstance(condition, Condition) else get_condition(condition)
     check_canvas(canvas)
     try:
-        box, rng = place(file_basename, cond.patch, canvas.shape[0], margin, base_seed)
+        box, rng = place(file_basename, cond.patch, canvas.shape[0], margin, base_seed, switches.placement)
     except PanelError as err:
         raise PanelError(f"canvas of shape {canvas.shape} dtype {canvas.dtype}: {err}") from None
-    return Perturbed(image=inject_at(canvas, cond, box, rng), box=box, condition=cond.name)
+    return Perturbed(image=inject_at(canvas, cond, box, rng, switches), box=box, condition=cond.name)

@@ -8,11 +8,12 @@ lands at the same place, and the clean twin's location is known without perturbi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from lesionsignal.core.box import Box
+from lesionsignal.stimuli.convention import SPEC, PanelSwitches, PlacementBound
 from lesionsignal.stimuli.panel import PanelError
 
 
@@ -37,43 +38,65 @@ def central_region(canvas_size: int, margin: float) -> tuple[int, int]:
     return lo, canvas_size - lo
 
 
+def corner_range(canvas_size: int, margin: float, patch: int, bound: PlacementBound) -> tuple[int, int]:
+    """Half-open [low, high) of the top-left corner's draw on each axis."""
+    lo, hi = central_region(canvas_size, margin)
+    if bound is PlacementBound.AUTHORS:
+        # The authors' upper end: int(S (1 - m)), exclusive, then less P; 1 to 2 px short of S - lo - P + 1.
+        return lo, int(canvas_size * (1 - margin)) - patch
+    return lo, hi - patch + 1
+
+
 def place(
-    file_basename: str, patch: int, canvas_size: int, margin: float, base_seed: int
+    file_basename: str,
+    patch: int,
+    canvas_size: int,
+    margin: float,
+    base_seed: int,
+    bound: PlacementBound = PlacementBound.SYMMETRIC,
 ) -> tuple[Box, np.random.Generator]:
     """The patch box and the generator, left positioned for the condition's own draws."""
     if patch < 1:
         raise PanelError(f"patch side must be >= 1 px, got {patch}")
     lo, hi = central_region(canvas_size, margin)
-    if hi - lo < patch:
+    low, high = corner_range(canvas_size, margin, patch, bound)
+    if high <= low:
         raise PanelError(
             f"a {patch} px patch does not fit the central region [{lo}, {hi}) of a {canvas_size} px canvas "
             f"(margin {margin})"
         )
     rng = np.random.default_rng(placement_seed(file_basename, base_seed))
     # y first, then x (the protocol); the upper bound keeps the whole patch inside [lo, hi).
-    y = int(rng.integers(lo, hi - patch + 1))
-    x = int(rng.integers(lo, hi - patch + 1))
+    y = int(rng.integers(low, high))
+    x = int(rng.integers(low, high))
     return Box(x, y, x + patch, y + patch), rng
 
 
 def patch_box(
-    file_basename: str, patch: int, canvas_size: int = 1024, margin: float = 0.15, base_seed: int = 42
+    file_basename: str,
+    patch: int,
+    canvas_size: int = 1024,
+    margin: float = 0.15,
+    base_seed: int = 42,
+    bound: PlacementBound = PlacementBound.SYMMETRIC,
 ) -> Box:
     """Where a P x P patch of this image goes: the same box for every condition with that P.
 
     rng = default_rng(placement_seed(...)); y = rng.integers(lo, hi - P + 1), then x likewise, with [lo, hi)
-    the central region, so the whole patch lies inside it.
+    the central region, so the whole patch lies inside it (``bound``: the authors' range, see ``corner_range``).
     """
-    return place(file_basename, patch, canvas_size, margin, base_seed)[0]
+    return place(file_basename, patch, canvas_size, margin, base_seed, bound)[0]
 
 
 @dataclass(frozen=True)
 class Placement:
-    """The placement settings of a run: canvas side, margin of the central region, base seed."""
+    """The placement settings of a run: canvas side, margin of the central region, base seed, and the panel's
+    switches (they travel here so every cache key holding a placement holds the convention too)."""
 
     canvas_size: int = 1024
     margin: float = 0.15
     base_seed: int = 42
+    switches: PanelSwitches = field(default_factory=lambda: SPEC)
 
     def box(self, image_id: str, patch: int) -> Box:
-        return patch_box(image_id, patch, self.canvas_size, self.margin, self.base_seed)
+        return patch_box(image_id, patch, self.canvas_size, self.margin, self.base_seed, self.switches.placement)
