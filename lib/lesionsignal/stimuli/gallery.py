@@ -87,16 +87,25 @@ def plot_gallery(panels: Sequence[GalleryPanel], title: str) -> object:
         row[2].add_patch(_rect(Rectangle, box, "orange", 0.6))
         row[2].set_title(f"perturbed, P = {panel.condition.patch} px", fontsize=8)
         diff = panel.difference
-        limit = max(1, int(np.abs(diff).max()))
-        image = row[3].imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent, interpolation="nearest")
-        row[3].set_title(f"difference (max |d| = {int(np.abs(diff).max())})", fontsize=8)
-        fig.colorbar(image, ax=row[3], fraction=0.046, pad=0.04)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        _difference(fig, row[3], diff, extent, f"difference (max |d| = {int(np.abs(diff).max())})")
+        _bare(row)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     return fig
+
+
+def _difference(fig: object, ax: object, diff: np.ndarray, extent: tuple[int, int, int, int], title: str) -> None:
+    """A signed difference map on a symmetric scale (at least +-1, so an all-zero map still has a colour bar)."""
+    limit = max(1, int(np.abs(diff).max()))
+    image = ax.imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def _bare(axes: Sequence[object]) -> None:
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
 def _rect(rectangle: type, box: Box, colour: str, width: float) -> object:
@@ -205,13 +214,8 @@ def plot_convention_pairs(pairs: Sequence[ConventionPair], labels: tuple[str, st
             ax.add_patch(_rect(Rectangle, result.box, colour, 0.8))
             ax.set_title(f"{pair.condition.name}: {label}", fontsize=8)
         diff = pair.difference[rows, cols]
-        limit = max(1, int(np.abs(diff).max()))
-        image = row[2].imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent, interpolation="nearest")
-        row[2].set_title(f"{labels[1]} - {labels[0]} ({int(np.count_nonzero(diff))} px differ)", fontsize=8)
-        fig.colorbar(image, ax=row[2], fraction=0.046, pad=0.04)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        _difference(fig, row[2], diff, extent, f"{labels[1]} - {labels[0]} ({int(np.count_nonzero(diff))} px differ)")
+        _bare(row)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     return fig
