@@ -150,6 +150,20 @@ def test_page_layout_label_sections_params_and_provenance(tiny: tuple[Path, Path
     assert "## 01 · The first section" in markdown and "[01_long](../../tables/tiny/01_long.csv)" in markdown
 
 
+def test_the_preflight_shows_its_findings_and_plan_but_not_the_measured_rate(tiny: tuple[Path, Path]) -> None:
+    root, reports = tiny
+    assert "No preflight report" in _write(root, reports).read_text()
+    plan = {"encoder": "enc-a", "source": "random-init", "dtype": "float32", "dim": 8, "forward_passes": 1200}
+    plan |= {"gflops_per_image": 0.25, "parameters": 1000, "hours_at_measured_rate": 0.0123}
+    finding = {"severity": "note", "where": "cohort demo", "message": "not rendered yet"}
+    preflight = {"ok": True, "findings": [finding], "encoders": [plan], "device": {"flops_per_second": 1.5e10}}
+    (reports / "preflight.json").write_text(json.dumps(preflight))
+    text = _write(root, reports).read_text()
+    section = text[text.index("id='preflight'") : text.index("id='parameters'")]
+    assert "passed" in section and "note: cohort demo: not rendered yet" in section and "1200" in section
+    assert "0.0123" not in text and "15000000000" not in text  # measured values would change the page's bytes
+
+
 def test_study_run_is_labelled_and_missing_provenance_said(tiny: tuple[Path, Path]) -> None:
     root, reports = tiny
     study = RunLabel("tiny", RunKind.STUDY, "tiny: study run (real data, real weights)")

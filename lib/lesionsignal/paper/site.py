@@ -198,6 +198,7 @@ def render_page(label: RunLabel, sections: list[Section], reports: Path, inputs:
         _toc(sections),
         "<main>",
         *(_section_html(s, reports) for s in sections),
+        _preflight_html(_read_preflight(reports)),
         _params_html(inputs, reports, root),
         _provenance_html(inputs.provenance),
         "</main>",
@@ -215,7 +216,8 @@ def _toc(sections: list[Section]) -> str:
     for s in sections:
         counts = _counts(s)
         items.append(f"<li><a href='#s-{_e(s.stem)}'>{_e(s.title)}</a> <span class='count'>{counts}</span></li>")
-    items += ["<li><a href='#parameters'>Parameters</a></li>", "<li><a href='#provenance'>Data provenance</a></li>"]
+    items += ["<li><a href='#preflight'>Preflight and plan</a></li>", "<li><a href='#parameters'>Parameters</a></li>"]
+    items += ["<li><a href='#provenance'>Data provenance</a></li>"]
     return "<nav class='toc'>\n<h2>Contents</h2>\n<ol>\n" + "\n".join(items) + "\n</ol>\n</nav>"
 
 
@@ -296,6 +298,33 @@ def _figure_html(entry: LoggedOutput, reports: Path) -> str:
         f"alt='{_e(entry.caption)}'></a>"
         f"<figcaption><b>{_e(entry.name)}</b><br>{_e(entry.caption)}"
         f"<br><span class='files'>{_file_links(entry.path, FIGURE_FILES, reports)}</span></figcaption></figure>"
+    )
+
+
+PREFLIGHT = "preflight.json"  # written into the reports folder by the preflight (`make check`, `make paper`)
+# The plan's columns that depend on the parameters alone: the measured device rate (and the hours from it) would
+# make the page differ from run to run.
+PLAN_COLUMNS = ("encoder", "source", "dtype", "forward_passes", "gflops_per_image", "parameters")
+
+
+def _read_preflight(reports: Path) -> dict[str, Any] | None:
+    path = reports / PREFLIGHT
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _preflight_html(preflight: dict[str, Any] | None) -> str:
+    head = "<section id='preflight'>\n<h2>Preflight and plan</h2>\n"
+    if preflight is None:
+        missing = "No preflight report in this folder (<code>make check</code> writes one)."
+        return f"{head}<p class='none'>{missing}</p>\n</section>"
+    verdict = "passed" if preflight.get("ok") else "found fatal problems"
+    findings = [f"<li>{_e(f['severity'])}: {_e(f['where'])}: {_e(f['message'])}</li>" for f in preflight["findings"]]
+    plan = pd.DataFrame(preflight.get("encoders", []), columns=list(PLAN_COLUMNS))
+    table = _table(plan) if not plan.empty else "<p class='none'>No encoder in this run.</p>"
+    return (
+        f"{head}<p>The run's last preflight {verdict}. Its problems and notes:</p>\n"
+        f"<ul>\n{''.join(findings) or '<li>none</li>'}\n</ul>\n"
+        f"<p>Forward passes per encoder and the operations of one (counted, not looked up):</p>\n{table}\n</section>"
     )
 
 
