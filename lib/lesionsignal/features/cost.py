@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lesionsignal.features.encoder import forward_tokens
 from lesionsignal.features.loaders import skeleton
 from lesionsignal.features.registry import PRECISIONS, EncoderSpec
 
@@ -57,7 +58,7 @@ def encoder_cost(spec: EncoderSpec) -> EncoderCost | None:
     pixels = torch.empty(1, 3, size, size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        module(pixels) if spec.kind.value in ("resnet", "open_clip") else module(pixel_values=pixels)
+        forward_tokens(spec, module, pixels)  # the very pass extraction makes, heads it never runs left out
     return EncoderCost(spec.id, float(counter.get_total_flops()), sum(p.numel() for p in module.parameters()))
 
 

@@ -35,7 +35,6 @@ class Encoder:
         self.module = module
         self.device = device
         self.dtype = dtype
-        self._tokens = _TOKEN_FNS[spec.kind]
 
     def preprocess(self, canvases: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, H, W) uint8 square canvases -> (B, 3, S, S) float32 normalised model input on the device."""
@@ -66,7 +65,7 @@ class Encoder:
                 f"{spec.id}: pixels must be (B, 3, {g.input_size}, {g.input_size}), got {tuple(pixels.shape)}"
             )
         with torch.inference_mode():
-            global_vec, tokens = self._tokens(self.module, pixels.to(self.device, self.dtype), spec.prefix_tokens)
+            global_vec, tokens = forward_tokens(spec, self.module, pixels.to(self.device, self.dtype))
         batch, count, width = tokens.shape
         if count != g.grid * g.grid or width != spec.dim or tuple(global_vec.shape) != (batch, spec.dim):
             raise EncoderMismatch(
@@ -149,3 +148,10 @@ def _checked_canvases(canvases: np.ndarray | torch.Tensor) -> torch.Tensor:
             f"canvases must be (B, H, W) uint8 squares, got shape {tuple(images.shape)} dtype {images.dtype}"
         )
     return images
+
+
+def forward_tokens(
+    spec: EncoderSpec, module: torch.nn.Module, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pass extraction makes for ``spec``'s family: (global vectors (B, D), patch tokens (B, N, D))."""
+    return _TOKEN_FNS[spec.kind](module, pixels, spec.prefix_tokens)
