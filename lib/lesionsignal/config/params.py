@@ -408,11 +408,11 @@ def project_root(start: Path | None = None) -> Path:
     return found
 
 
-def shown_path(path: Path) -> str:
+def shown_path(path: Path, root: Path | None = None) -> str:
     """A path as messages and logs show it: relative to the project root when inside it, so no output carries the
     machine's folders; a path elsewhere (the user's data) as given."""
     try:
-        root = project_root()
+        root = (root or project_root()).resolve()
     except FileNotFoundError:
         return str(path)
     absolute = path if path.is_absolute() else Path.cwd() / path

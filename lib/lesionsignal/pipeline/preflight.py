@@ -39,7 +39,7 @@ from lesionsignal.config.params import (
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
 from lesionsignal.core.validate import ParamsError
-from lesionsignal.data.manifest import Manifest, ManifestError
+from lesionsignal.data.manifest import MAX_SHOWN, Manifest, ManifestError
 from lesionsignal.data.registry import ct_paths
 from lesionsignal.data.summary import describe
 from lesionsignal.data.validation import mixed_patients
@@ -58,7 +58,6 @@ POOLS_STORED = 3  # CLS, patch-mean and patch-local vectors kept per image and c
 RAW_WIDTH = 64 * 64 + 32 * 32  # the raw-pixel baselines: the 64 x 64 image and the 32 x 32 window
 FLOAT_BYTES = 4
 COPIES = 2  # the cached extraction units, and the per-condition files assembled from them
-SHOWN_PROBLEMS = 20
 
 
 class Severity(enum.StrEnum):
@@ -134,6 +133,19 @@ class Report:
 
 def check(params_file: str | Path, root: Path, *, measure: bool = True) -> Report:
     """Every check of the run; problems become findings, never exceptions (a bug still raises)."""
+    return _checked(params_file, root, measure)[0]
+
+
+def check_and_write(params_file: str | Path, root: Path) -> tuple[Report, Params | None]:
+    """The preflight with its report written into the run's report folder, and the parameters when they parse
+    (read once for both, and for the caller that goes on to run)."""
+    report, params = _checked(params_file, root, measure=True)
+    if params is not None:
+        write_report(report, Catalog(params, root).reports)
+    return report, params
+
+
+def _checked(params_file: str | Path, root: Path, measure: bool) -> tuple[Report, Params | None]:
     path = Path(params_file)
     try:
         params = load_params(path if path.is_absolute() else root / path)
@@ -141,7 +153,7 @@ def check(params_file: str | Path, root: Path, *, measure: bool = True) -> Repor
         report = Report("", "", err.source)
         for key, reason in err.problems:
             report.add(Severity.FATAL, f"{err.source}: {key or '<top level>'}", reason)
-        return report
+        return report, None
     run = Run(params, Catalog(params, root), progress=False)
     report = Report(params.name, params.label.text, params.source)
     missing = params.missing_files(root)
@@ -151,7 +163,7 @@ def check(params_file: str | Path, root: Path, *, measure: bool = True) -> Repor
     readable = {c.name for i, c in enumerate(params.cohorts) if f"cohorts[{i}]" not in unreadable}
     sizes = _check_cohorts(run, readable, report)
     _check_encoders(run, sizes, report, measure)
-    return report
+    return report, params
 
 
 def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, int]:
@@ -170,11 +182,11 @@ def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, in
                 continue
             manifest, exclusions = cohort_stage.checked_cohort(run, cohort)
         except ManifestError as err:
-            for problem in err.problems[:SHOWN_PROBLEMS]:
+            for problem in err.problems[:MAX_SHOWN]:
                 where = f"{err.source} {problem.where}".strip()
                 report.add(Severity.FATAL, where, f"{problem.image_id} {problem.reason}".strip())
-            if len(err.problems) > SHOWN_PROBLEMS:
-                report.add(Severity.FATAL, err.source, f"... and {len(err.problems) - SHOWN_PROBLEMS} more problems")
+            if len(err.problems) > MAX_SHOWN:
+                report.add(Severity.FATAL, err.source, f"... and {len(err.problems) - MAX_SHOWN} more problems")
             continue
         except UserError as err:
             report.add(Severity.FATAL, where, str(err))
@@ -305,16 +317,6 @@ def _check_disk(run: Run, passes: int, report: Report) -> None:
         report.add(Severity.FATAL, "paths.cache", message)
 
 
-def report_folder(params_file: str | Path, root: Path) -> Path | None:
-    """Where the run's report goes, or None when the parameter file cannot be read."""
-    path = Path(params_file)
-    try:
-        params = load_params(path if path.is_absolute() else root / path)
-    except UserError:
-        return None
-    return Catalog(params, root).reports
-
-
 def write_report(report: Report, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / f"{REPORT}.json", folder / f"{REPORT}.md"
@@ -333,12 +335,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(params_file: str) -> int:
     root = project_root()
-    report = check(params_file, root)
+    report, params = check_and_write(params_file, root)
     print(report.to_markdown())
-    folder = report_folder(params_file, root)
-    if folder is not None:
-        _, markdown = write_report(report, folder)
-        print(f"written: {os.path.relpath(markdown, root)}")
+    if params is not None:
+        print(f"written: {os.path.relpath(Catalog(params, root).reports / f'{REPORT}.md', root)}")
     return 1 if report.fatal else 0
 
 

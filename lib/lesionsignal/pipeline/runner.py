@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesionsignal.config.params import Params, project_root
+from lesionsignal.config.params import Params, project_root, shown_path
 from lesionsignal.core.digests import PACKAGE_ROOT
 from lesionsignal.core.errors import USER_ERROR_STATUS, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
@@ -28,7 +28,6 @@ from lesionsignal.core.progress import PROGRESS_FILE_VARIABLE, ProgressEcho
 from lesionsignal.paper.site import read_run_inputs, write_site
 from lesionsignal.pipeline import preflight
 from lesionsignal.pipeline.catalog import Catalog
-from lesionsignal.pipeline.stage import open_run
 
 KERNEL = "lesionsignal"
 _NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
@@ -82,12 +81,9 @@ KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
 
 
 def notebook_parameter(params_file: Path, root: Path) -> str:
-    """The parameter file as the executed notebook shows it: relative to the project root when inside it."""
-    absolute = params_file if params_file.is_absolute() else Path.cwd() / params_file
-    try:
-        return absolute.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(absolute.resolve())
+    """The parameter file as the executed notebook shows it: relative to the project root when inside it; outside
+    it, absolute, since the kernel starts in the root and a path relative to this process would not hold there."""
+    return shown_path(params_file.absolute().resolve(), root)
 
 
 @contextmanager
@@ -266,17 +262,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     root = project_root()
     # Before any notebook: the preflight (`make check`), every problem of the setup listed at once.
-    report = preflight.check(args.params, root)
-    folder = preflight.report_folder(args.params, root)
-    if folder is not None:
-        preflight.write_report(report, folder)
-    if report.fatal:
+    report, params = preflight.check_and_write(args.params, root)
+    if report.fatal or params is None:
         print(f"preflight of {args.params}: {len(report.fatal)} problem(s) to fix before the run:", file=sys.stderr)
         for finding in report.fatal:
             print(f"  {finding.where}: {finding.message}", file=sys.stderr)
         print("(the whole report: make check PARAMS=...)", file=sys.stderr)
         return USER_ERROR_STATUS
-    params = open_run(args.params, root).params
     chosen = select(sections(args.notebooks or root / "notebooks"), args.only)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     # A section asked for by number always runs (a reviewer re-executing it); a full run skips what is up to date.
