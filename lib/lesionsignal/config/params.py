@@ -296,7 +296,7 @@ class Params:
             text = f"{self.name}: study run (real data, real weights)"
         else:
             text = (
-                f"{self.name}: {self.run.value.upper()} run (rendered demo cohort and random-init demo encoders); "
+                f"{self.name}: {self.run.value.upper()} run (rendered demo cohort, small demo encoders); "
                 "numbers are not the paper's and are not comparable with it"
             )
         return RunLabel(self.name, self.run, text)

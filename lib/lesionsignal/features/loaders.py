@@ -44,6 +44,7 @@ from lesionsignal.features.sources import (
     read_state,
     square_side,
     transformers_mismatches,
+    weights_mismatches,
 )
 
 # ---- random-init builders (tiny configs of the same classes the real weights load into)
@@ -123,7 +124,12 @@ def _load_transformers(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module
     if config is None:
         raise SourceNotFound(f"{spec.id}: {spec.source} has no {HF_CONFIG}")
     processor = _read_source_json(spec, HF_PROCESSOR)
-    _refuse(spec, transformers_mismatches(spec, config, processor, _where(spec)))
+    mismatches = transformers_mismatches(spec, config, processor, _where(spec))
+    if Path(spec.source).is_dir():
+        mismatches += weights_mismatches(spec, Path(spec.source))
+    elif spec.weights_sha256 is not None:
+        mismatches.append(f"the registry pins weights by SHA-256, which needs a local folder, not {spec.source}")
+    _refuse(spec, mismatches)
     with _quiet_load_report():
         model, info = classes[config["model_type"]].from_pretrained(
             spec.source, revision=spec.revision, dtype=dtype, output_loading_info=True
@@ -136,18 +142,28 @@ def _load_transformers(spec: EncoderSpec, dtype: torch.dtype) -> torch.nn.Module
 
 @contextlib.contextmanager
 def _quiet_load_report() -> Iterator[None]:
-    """Silence transformers' load report: MedSigLIP's checkpoint lists its whole text tower as unexpected, and the
-    loader itself refuses missing weights (above) while a shape mismatch raises."""
+    """Silence transformers' load report and its bars: MedSigLIP's checkpoint lists its whole text tower as
+    unexpected, and the loader itself refuses missing weights (above) while a shape mismatch raises. With the load
+    report quiet, transformers checks a tensor-parallel plan no run uses and warns from another logger; the
+    "Loading weights" bar would land in every executed notebook."""
     with widgetless_tqdm():
         from transformers.utils import logging as hf_logging
 
-    logger = hf_logging.get_logger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(hf_logging.ERROR)
+    loggers = [
+        hf_logging.get_logger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
+    ]
+    levels = [logger.level for logger in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for logger in loggers:
+        logger.setLevel(hf_logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _read_source_json(spec: EncoderSpec, name: str) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ one cached, resumable pipeline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import cv2
@@ -120,7 +120,10 @@ class EncoderFeatures:
     def key(self) -> str:
         enc = self.encoder
         seed = self.seed if enc.spec.random_init else None
-        return stable_digest("encoder", enc.spec, str(enc.dtype), seed)
+        spec = enc.spec
+        if spec.weights_sha256 is not None:  # weights pinned by digest: where the checkout lies does not matter
+            spec = replace(spec, source=f"sha256:{spec.weights_sha256}")
+        return stable_digest("encoder", spec, str(enc.dtype), seed)
 
     @property
     def global_names(self) -> tuple[Pool, ...]:

@@ -71,7 +71,9 @@ class EncoderSpec:
     source's own config declares (HF config.json ``image_size``, open_clip ``vision_cfg.image_size``), the grid its
     position embeddings were saved for; None where no config says it (ResNets, random-init models). config:
     constructor arguments of a random-init model as (name, value) pairs. precision: the compute dtype the protocol
-    runs it in.
+    runs it in. weights_sha256: SHA-256 of the source's weights file, checked before loading (the project's own
+    trained demo encoder; hub models are pinned by revision instead). twin_of: on a random-init entry, the id of the
+    trained encoder it is the untrained twin of (same class, config and geometry).
     """
 
     id: str
@@ -87,12 +89,16 @@ class EncoderSpec:
     config: tuple[tuple[str, Any], ...] = ()
     precision: str = "float32"
     native_size: int | None = None
+    weights_sha256: str | None = None  # a local model folder's weights file must have exactly this digest
+    twin_of: str | None = None  # a random-init encoder of the same shape as this trained one: the learning control
 
     def __post_init__(self) -> None:
         if self.prefix_tokens < 0 or self.dim < 1:
             raise ValueError(f"encoder {self.id!r}: prefix_tokens >= 0 and dim >= 1 required")
         if self.random_init != (self.source == RANDOM_INIT):
             raise ValueError(f"encoder {self.id!r}: random_init must be true exactly when source is {RANDOM_INIT!r}")
+        if self.twin_of is not None and not self.random_init:
+            raise ValueError(f"encoder {self.id!r}: only a random-init encoder can be the twin of a trained one")
         if self.random_init and RANDOM_INIT not in self.label:
             raise ValueError(f"encoder {self.id!r}: a random-init encoder's label must say {RANDOM_INIT!r}")
         if self.precision not in PRECISIONS:
@@ -295,6 +301,32 @@ _DEMO_VIT = (("hidden_size", 96), ("num_hidden_layers", 3), ("num_attention_head
 # The demo ResNet sees 128 px (a 4 x 4 layer4 map): at 224 px a ResNet-18 alone took several CPU minutes.
 _DEMO_RESNET = _geometry(128, None, 32, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
 
+# The project's own trained demo encoder (`make demo-encoder`, lesionsignal.training): a Dinov2Model at 448 px with
+# 28 px patches, so a 4 px canvas stimulus is about 2 model pixels inside one 16 x 16 grid cell, and the forward pass
+# stays near 8 ms on two CPU cores. Its random-init twin has the same shape and geometry. The folder lives in the
+# checkout (models/), found from this file as config.project_root finds the checkout.
+DEMO_MODELS = Path(__file__).resolve().parents[3] / "models"
+_DEMO_TRAINED_CONFIG = (
+    ("hidden_size", 128),
+    ("num_hidden_layers", 4),
+    ("num_attention_heads", 4),
+    ("intermediate_size", 512),
+)
+# The training films' pixel mean and standard deviation at 448 px (make demo-encoder computes them, as RAD-DINO's
+# authors computed theirs over its training radiographs; models/demo-dino-vit/preprocessor_config.json holds them).
+DEMO_FILM_MEAN = 0.464
+DEMO_FILM_STD = 0.3323
+_DEMO_TRAINED = _geometry(
+    448,  # models/demo-dino-vit/preprocessor_config.json: "size" 448 x 448, no crop
+    None,
+    28,  # models/demo-dino-vit/config.json: "patch_size": 28 (16 x 16 tokens)
+    (DEMO_FILM_MEAN,) * 3,  # preprocessor_config.json "image_mean"
+    (DEMO_FILM_STD,) * 3,  # preprocessor_config.json "image_std"
+    "bilinear",  # preprocessor_config.json "resample": 2
+)
+# SHA-256 of models/demo-dino-vit/model.safetensors, as its model card and `make demo-encoder` print it.
+DEMO_TRAINED_SHA256 = "ad565cd89010574ff98201667299c988ae65bb0ed575642c4f89503a8588a344"
+
 DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
     EncoderSpec(
         id="demo-dinov2-vit",
@@ -334,6 +366,33 @@ DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         label="demo ResNet-18 at 128 px (random-init torchvision)",
         random_init=True,
         config=(("arch", "resnet18"),),
+    ),
+    EncoderSpec(
+        id="demo-dino-vit",
+        kind=EncoderKind.DINOV2,
+        source=str(DEMO_MODELS / "demo-dino-vit"),
+        revision=None,
+        geometry=_DEMO_TRAINED,
+        prefix_tokens=1,
+        dim=128,
+        global_pool="cls",
+        label="demo ViT/28 at 448 px (trained by this project on rendered films, MAE)",
+        native_size=448,
+        weights_sha256=DEMO_TRAINED_SHA256,
+    ),
+    EncoderSpec(
+        id="demo-dino-vit-random",
+        kind=EncoderKind.DINOV2,
+        source=RANDOM_INIT,
+        revision=None,
+        geometry=_DEMO_TRAINED,
+        prefix_tokens=1,
+        dim=128,
+        global_pool="cls",
+        label="demo ViT/28 at 448 px (random-init twin of the trained one)",
+        random_init=True,
+        config=_DEMO_TRAINED_CONFIG,
+        twin_of="demo-dino-vit",
     ),
 )
 

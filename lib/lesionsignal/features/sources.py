@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 
 from lesionsignal.core.errors import UserError
+from lesionsignal.core.files import sha256_file
 from lesionsignal.core.progress import widgetless_tqdm
 from lesionsignal.core.torch_compat import ensure_torchvision
 from lesionsignal.features.geometry import Geometry, GeometryMismatch
@@ -222,7 +223,24 @@ def location_mismatches(spec: EncoderSpec, location: Path) -> list[str]:
     config = read_json(location / HF_CONFIG)
     processor_path = location / HF_PROCESSOR
     processor = read_json(processor_path) if processor_path.is_file() else None
-    return transformers_mismatches(spec, config, processor, str(location))
+    return transformers_mismatches(spec, config, processor, str(location)) + weights_mismatches(spec, location)
+
+
+def weights_mismatches(spec: EncoderSpec, folder: Path) -> list[str]:
+    """The weights file against the registry's SHA-256, where the entry pins one (the project's trained model)."""
+    if spec.weights_sha256 is None:
+        return []
+    path = folder / HF_WEIGHTS[0]
+    if not path.is_file():
+        return [f"{path} is missing: the registry pins the SHA-256 of a {HF_WEIGHTS[0]}"]
+    found = sha256_file(path)
+    if found == spec.weights_sha256:
+        return []
+    return [
+        f"{path} has SHA-256 {found}, the registry expects {spec.weights_sha256}: these are not the weights the "
+        "entry describes; restore the committed file (git checkout -- models/), or, after retraining with "
+        "make demo-encoder, put the digest it prints into the registry entry"
+    ]
 
 
 def transformers_mismatches(

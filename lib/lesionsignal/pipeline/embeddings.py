@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 
 from lesionsignal.config.params import Analysis, EncoderParams, Params
 from lesionsignal.core.cache import Store
+from lesionsignal.core.files import save_arrays
+from lesionsignal.data.images import ImageItem
 from lesionsignal.features.encoder import load_encoder
 from lesionsignal.features.extraction import (
     ExtractionReport,
@@ -26,12 +30,16 @@ from lesionsignal.features.extraction import (
 )
 from lesionsignal.features.pools import EncoderFeatures, FeatureSource, RawPixels
 from lesionsignal.features.registry import resolve_spec
+from lesionsignal.features.token_maps import encoder_token_pca
 from lesionsignal.pipeline.cohorts import detection_items, manifests
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 from lesionsignal.stimuli.panel import Condition, panel
 from lesionsignal.stimuli.placement import Placement
 
 SUMMARY = "summary.json"  # per (source, cohort): conditions, rows, vector width, units of the stored vectors
+TOKEN_MAPS = "token_maps.npz"  # token PCA of trained encoders and their random-init twins on a few films
+TOKEN_MAP_FILMS = 4
+TOKEN_MAP_SIDE = 256  # the films are stored this small: the figure shows them beside a 16 x 16 grid
 TIMING = "timing.json"  # the same rows with the time, rate and cache use of the execution that made them
 RAW_LABEL = "raw pixels (64 x 64 global, 32 x 32 oracle window)"
 # The first columns of the summary depend on the parameters only; the rest describe one execution.
@@ -111,6 +119,42 @@ def _summary(reports: Sequence[ExtractionReport], files: dict, labels: dict[str,
     return pd.DataFrame(rows)
 
 
+def twin_pairs(params: Params) -> list[tuple[str, str]]:
+    """(trained, random-init twin) pairs among the run's encoders (registry ``twin_of``), in parameter order."""
+    ids = [e.id for e in params.encoders]
+    twins = [(resolve_spec(i).twin_of, i) for i in ids]
+    return [(trained, twin) for trained, twin in twins if trained is not None and trained in ids]
+
+
+def token_map_items(run: Run) -> tuple[str, list[ImageItem]]:
+    """The films of the token-map figure: evenly spaced through the first panel cohort's detection set."""
+    name, records = next(iter(manifests(run, Analysis.PANEL).items()))
+    items = detection_items(records, run.params.cohort(name))
+    picks = np.linspace(0, len(items) - 1, min(TOKEN_MAP_FILMS, len(items))).round().astype(int)
+    return name, [items[i] for i in picks]
+
+
+def write_token_maps(run: Run, encoders: Sequence[EncoderFeatures]) -> None:
+    """Token PCA of each trained encoder and its twin on a few films (features.token_maps), for section 02."""
+    pairs = twin_pairs(run.params)
+    if not pairs:
+        return
+    by_id = {e.source_id: e.encoder for e in encoders}
+    cohort, items = token_map_items(run)
+    canvases = np.stack([item.canvas(run.params.panel.canvas_size) for item in items])
+    arrays: dict[str, np.ndarray] = {
+        "image_ids": np.asarray([item.image_id for item in items]),
+        "cohort": np.asarray(cohort),
+        "films": np.stack([cv2.resize(c, (TOKEN_MAP_SIDE,) * 2, interpolation=cv2.INTER_AREA) for c in canvases]),
+    }
+    for trained, twin in pairs:
+        for encoder_id in (trained, twin):
+            pca = encoder_token_pca(by_id[encoder_id], canvases)
+            arrays[f"maps/{encoder_id}"] = pca.maps
+            arrays[f"explained/{encoder_id}"] = pca.explained
+    save_arrays(run.catalog.stage(StageName.EMBEDDINGS) / TOKEN_MAPS, arrays)
+
+
 def extract(run: Run, jobs: Sequence[tuple[FeatureSource, Plan]], store: Store) -> list[ExtractionReport]:
     """The engine over ``jobs`` with the run's shard, workers and progress settings."""
     settings = run.params.extraction
@@ -142,5 +186,6 @@ def compute(run: Run) -> bool:
     summary = _summary(reports, files, labels)
     write_output(run, StageName.EMBEDDINGS, TIMING, summary)
     if complete:
+        write_token_maps(run, encoders)
         write_output(run, StageName.EMBEDDINGS, SUMMARY, summary[STABLE_COLUMNS])
     return complete

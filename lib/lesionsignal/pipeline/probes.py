@@ -17,14 +17,30 @@ import pandas as pd
 from lesionsignal.analysis.detection import file_cells, probe_store, run_files_cached
 from lesionsignal.analysis.disease import run_disease
 from lesionsignal.analysis.finetune import FinetuneConfig, default_cells, finetune_store, run_finetune, study_config
+from lesionsignal.analysis.learning import (
+    LEARNING_COLUMNS,
+    RETRIEVAL_CHECK,
+    disease_rows,
+    learning_row,
+    retrieval_comparison,
+    retrieval_hits,
+)
 from lesionsignal.analysis.probe import ProbeConfig, Solver
 from lesionsignal.config.params import Analysis, Params, ProbeParams
 from lesionsignal.core.files import array_names, load_arrays
 from lesionsignal.core.kinds import Pool
 from lesionsignal.core.parallel import one_thread
+from lesionsignal.data.manifest import Manifest
 from lesionsignal.paper.registry import T9_CONDITIONS
 from lesionsignal.pipeline.cohorts import detection_items, manifests, splits_of
-from lesionsignal.pipeline.embeddings import conditions, device_for, embedding_file, placement, source_ids
+from lesionsignal.pipeline.embeddings import (
+    conditions,
+    device_for,
+    embedding_file,
+    placement,
+    source_ids,
+    twin_pairs,
+)
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 
 DETECTION = "detection.json"  # every detection probe and the fine-tuned CNN's rows (RESULT_COLUMNS)
@@ -32,6 +48,7 @@ FINETUNE = "finetune.json"  # the fine-tuned CNN's rows with where its weights c
 T2 = "t2.json"
 T9 = "t9.json"
 DISEASE_SKIPPED = "disease_skipped.json"
+LEARNING = "learning.json"  # trained encoders against their random-init twins (analysis.learning)
 TIMING = "timing.json"
 
 
@@ -125,7 +142,36 @@ def _disease(run: Run, timings: list[dict]) -> None:
     write_output(run, StageName.PROBES, T2, results.t2)
     write_output(run, StageName.PROBES, T9, results.t9)
     write_output(run, StageName.PROBES, DISEASE_SKIPPED, results.skipped)
+    write_output(run, StageName.PROBES, LEARNING, _learning(run, cohorts, results.scores))
     timings.append({"step": "disease probes", "seconds": time.perf_counter() - started, "probes": len(results.t2)})
+
+
+def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> pd.DataFrame:
+    """The learning checks (analysis.learning) of every trained encoder against its twin, on every disease cohort:
+    the disease probes, then same-subject retrieval on the clean global vectors and on the patch means."""
+    rows = []
+    n_boot, seed = run.params.probe.n_boot, run.params.probe.seed
+    for trained, twin in twin_pairs(run.params):
+        for dataset, manifest in cohorts.items():
+            rows += disease_rows(scores, trained, twin, dataset, n_boot, seed)
+            patient = {r.image_id: r.patient_id for r in manifest.records}
+            for pool in (Pool.CLS, Pool.PATCH_MEAN):
+                ids, x = _clean_pool(run, trained, dataset, pool)
+                twin_ids, twin_x = _clean_pool(run, twin, dataset, pool)
+                if not np.array_equal(ids, twin_ids):
+                    raise ValueError(f"{dataset}: {trained} and {twin} have clean vectors of different images")
+                subjects = np.asarray([patient[i] for i in ids])
+                queries, _ = retrieval_hits(x, subjects)
+                paired = retrieval_comparison(x, twin_x, subjects, n_boot, seed)
+                check = f"{RETRIEVAL_CHECK} ({pool})"
+                n_patients = np.unique(subjects[queries]).size
+                rows.append(learning_row(check, dataset, trained, twin, paired, queries.size, n_patients))
+    return pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
+
+
+def _clean_pool(run: Run, model: str, dataset: str, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
+    arrays = load_arrays(embedding_file(run, model, dataset, "clean"), ("image_ids", str(pool)))
+    return arrays["image_ids"], arrays[str(pool)]
 
 
 def compute(run: Run) -> bool:

@@ -1,0 +1,209 @@
+"""Has an encoder learned anything? A trained encoder against its random-init twin on checks that know nothing of
+the study's stimuli.
+
+- Disease probes: the mean, over the findings, of the test AUC of the disease probes on clean CLS vectors (the
+  probes of T2, scored on the same test images for both encoders).
+- Same-subject retrieval: for every image whose subject has another image in the cohort, whether its nearest other
+  image (cosine of clean CLS vectors) is of the same subject; top-1 accuracy over those queries.
+
+Intervals are percentile intervals from resampling patients (a subject's films stay together), the same resamples
+for both encoders, so the difference has a paired interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lesionsignal.analysis.stats import auc
+
+LEARNING_COLUMNS = (
+    "check",
+    "dataset",
+    "encoder",
+    "twin",
+    "value",
+    "ci_low",
+    "ci_high",
+    "twin_value",
+    "twin_ci_low",
+    "twin_ci_high",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "n",
+    "patients",
+)
+DISEASE_CHECK = "disease probes: mean test AUC over the findings"
+FINDING_CHECK = "disease probe: test AUC, {task}"
+RETRIEVAL_CHECK = "same-subject retrieval: top-1 accuracy"
+
+
+class LearningCheckError(ValueError):
+    """Inputs that cannot be compared: different test images, one subject only, no retrieval query."""
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A statistic of two encoders and its resampled draws (one per patient resample, the same for both)."""
+
+    value: float
+    twin_value: float
+    draws: np.ndarray  # (n_boot,)
+    twin_draws: np.ndarray
+
+    def row(self, level: float = 0.95) -> dict[str, float]:
+        lo, hi = 50 * (1 - level), 50 * (1 + level)
+
+        def interval(draws: np.ndarray) -> tuple[float, float]:
+            finite = draws[np.isfinite(draws)]
+            if not finite.size:
+                return np.nan, np.nan
+            return float(np.percentile(finite, lo)), float(np.percentile(finite, hi))
+
+        a, b, d = interval(self.draws), interval(self.twin_draws), interval(self.draws - self.twin_draws)
+        return {
+            "value": self.value,
+            "ci_low": a[0],
+            "ci_high": a[1],
+            "twin_value": self.twin_value,
+            "twin_ci_low": b[0],
+            "twin_ci_high": b[1],
+            "difference": self.value - self.twin_value,
+            "difference_ci_low": d[0],
+            "difference_ci_high": d[1],
+        }
+
+
+def patient_resamples(patients: Sequence[str], n_boot: int, seed: int) -> list[np.ndarray]:
+    """Row indices of ``n_boot`` resamples drawing whole patients with replacement."""
+    labels = np.asarray(patients)
+    unique, inverse = np.unique(labels, return_inverse=True)
+    if unique.size < 2:
+        raise LearningCheckError(f"{unique.size} patient(s): resampling needs two or more")
+    members = [np.flatnonzero(inverse == i) for i in range(unique.size)]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[i] for i in rng.integers(0, unique.size, unique.size)]) for _ in range(n_boot)]
+
+
+def _mean_auc(tasks: Sequence[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None = None) -> float:
+    values = []
+    for y, s in tasks:
+        yy, ss = (y, s) if rows is None else (y[rows], s[rows])
+        if yy.min() == yy.max():  # a resample without one class: this task gives no AUC in it
+            return np.nan
+        values.append(auc(yy, ss))
+    return float(np.mean(values))
+
+
+def disease_comparison(
+    scores: pd.DataFrame,
+    encoder: str,
+    twin: str,
+    dataset: str,
+    n_boot: int,
+    seed: int,
+    task: str | None = None,
+) -> Paired:
+    """Mean AUC over the tasks both encoders were probed on (or of ``task`` alone), from per-image test scores
+    (analysis.disease.SCORE_COLUMNS)."""
+    one = scores[scores["dataset"] == dataset]
+    tasks = sorted(set(one.loc[one["model"] == encoder, "task"]) & set(one.loc[one["model"] == twin, "task"]))
+    if task is not None:
+        tasks = [t for t in tasks if t == task]
+    if not tasks:
+        raise LearningCheckError(f"{dataset}: no disease probe of both {encoder} and {twin}")
+
+    def table(model: str, task: str) -> pd.DataFrame:
+        return one[(one["model"] == model) & (one["task"] == task)].set_index("image_id").sort_index()
+
+    first = table(encoder, tasks[0])
+    mine, theirs = [], []
+    for task in tasks:
+        a, b = table(encoder, task), table(twin, task)
+        if not (a.index.equals(first.index) and b.index.equals(first.index)):
+            raise LearningCheckError(f"{dataset} / {task}: the two encoders were scored on different test images")
+        mine.append((a["label"].to_numpy(), a["score"].to_numpy()))
+        theirs.append((b["label"].to_numpy(), b["score"].to_numpy()))
+    resamples = patient_resamples(first["patient_id"].to_numpy(), n_boot, seed)
+    return Paired(
+        value=_mean_auc(mine),
+        twin_value=_mean_auc(theirs),
+        draws=np.array([_mean_auc(mine, r) for r in resamples]),
+        twin_draws=np.array([_mean_auc(theirs, r) for r in resamples]),
+    )
+
+
+def retrieval_hits(vectors: np.ndarray, subjects: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, hit per query): queries are rows whose subject has another row; a hit is a nearest other row
+    (cosine) of the same subject."""
+    labels = np.asarray(subjects)
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != labels.size:
+        raise LearningCheckError(f"{labels.size} subjects for vectors of shape {x.shape}")
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    queries = np.flatnonzero(counts[inverse] > 1)
+    if queries.size == 0:
+        raise LearningCheckError("no subject has two images: nothing to retrieve")
+    nearest = similarity[queries].argmax(axis=1)
+    return queries, labels[nearest] == labels[queries]
+
+
+def retrieval_comparison(
+    vectors: np.ndarray, twin_vectors: np.ndarray, subjects: Sequence[str], n_boot: int, seed: int
+) -> Paired:
+    labels = np.asarray(subjects)
+    queries, hits = retrieval_hits(vectors, labels)
+    twin_queries, twin_hits = retrieval_hits(twin_vectors, labels)
+    if not np.array_equal(queries, twin_queries):
+        raise LearningCheckError("the two encoders' vectors cover different images")
+    resamples = patient_resamples(labels[queries], n_boot, seed)
+    return Paired(
+        value=float(hits.mean()),
+        twin_value=float(twin_hits.mean()),
+        draws=np.array([hits[r].mean() for r in resamples]),
+        twin_draws=np.array([twin_hits[r].mean() for r in resamples]),
+    )
+
+
+def disease_rows(scores: pd.DataFrame, encoder: str, twin: str, dataset: str, n_boot: int, seed: int) -> list[dict]:
+    """The mean over the findings, then each finding alone, each with its paired interval."""
+    tested = scores[(scores["dataset"] == dataset) & (scores["model"] == encoder)]
+    if tested.empty:
+        return []
+    tasks = list(dict.fromkeys(tested["task"]))
+    first = tested[tested["task"] == tasks[0]]
+    n, patients = len(first), first["patient_id"].nunique()
+    rows = [
+        learning_row(
+            DISEASE_CHECK,
+            dataset,
+            encoder,
+            twin,
+            disease_comparison(scores, encoder, twin, dataset, n_boot, seed),
+            n,
+            patients,
+        )
+    ]
+    for task in tasks:
+        paired = disease_comparison(scores, encoder, twin, dataset, n_boot, seed, task=task)
+        rows.append(learning_row(FINDING_CHECK.format(task=task), dataset, encoder, twin, paired, n, patients))
+    return rows
+
+
+def learning_row(check: str, dataset: str, encoder: str, twin: str, paired: Paired, n: int, patients: int) -> dict:
+    return {
+        "check": check,
+        "dataset": dataset,
+        "encoder": encoder,
+        "twin": twin,
+        **paired.row(),
+        "n": n,
+        "patients": patients,
+    }
