@@ -28,7 +28,7 @@ params_file = "params/demo.yaml"
 # run only reads the cache, a changed condition recomputes only its own units, and an interrupted run resumes.
 # On the demo parameters the encoders are small demo encoders: one trained by this project (masked-image
 # modelling) on rendered films (`make demo-encoder`, models/demo-dino-vit) and its random-init twin of the same
-# shape. Their vectors show the pipeline and the mechanism on demo data; they say nothing about the published models.
+# shape. Their vectors show the pipeline on demo data; they say nothing about the published models.
 
 # %%
 from IPython.display import display

@@ -209,3 +209,10 @@ def test_a_user_error_inside_a_notebook_ends_its_cell_with_one_message(
     errors = [o for o in _outputs(executed) if o.get("output_type") == "error"]
     assert len(errors) == 1 and errors[0]["ename"] == "ParamsError"
     assert len(errors[0]["traceback"]) == 2  # the message and how to see the traceback
+
+
+@pytest.mark.notebook
+def test_the_report_site_and_preflight_carry_no_machine_path(smoke_reports: Path) -> None:
+    for name in ("index.html", "preflight.md", "preflight.json"):
+        text = (smoke_reports / name).read_text()
+        assert str(ROOT) not in text and "/tmp/" not in text and str(Path.home()) + "/" not in text, name

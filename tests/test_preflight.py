@@ -62,6 +62,7 @@ def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(case_folde
         assert plan.gflops_per_image and plan.gflops_per_image > 0 and plan.parameters
     trained, twin = report.encoders
     assert trained.gflops_per_image == twin.gflops_per_image and trained.parameters == twin.parameters
+    assert trained.source == "models/demo-dino-vit"  # the report goes into pages: no machine path
     markdown = report.to_markdown()
     assert "passed" in markdown.splitlines()[0] and "## Encoders and the plan" in markdown
     json_path, md_path = write_report(report, case_folder / "out")

@@ -177,8 +177,7 @@ _BANNERS = {
     RunKind.DEMO: (
         "Demo run: these numbers are not the paper's and are not comparable with it. They come from a rendered "
         "demo cohort and small demo encoders (one trained by this project on rendered films, and random-init twins), "
-        "and show that every step runs, what each table and figure looks like, and the study's mechanism on demo "
-        "data."
+        "and show that every step runs and what each table and figure looks like."
     ),
     RunKind.SMOKE: (
         "Smoke run: tiny inputs for the test suite. These numbers are not the paper's and are not comparable with it."

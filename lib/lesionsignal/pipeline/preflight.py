@@ -35,6 +35,7 @@ from lesionsignal.config.params import (
     Params,
     load_params,
     project_root,
+    shown_path,
 )
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
@@ -259,7 +260,7 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
         report.encoders.append(
             EncoderPlan(
                 entry.id,
-                spec.source,
+                _shown_source(spec, run.catalog.root),
                 dtype,
                 spec.dim,
                 passes,
@@ -269,6 +270,13 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
             )
         )
     _check_disk(run, passes, report)
+
+
+def _shown_source(spec: EncoderSpec, root: Path) -> str:
+    """A local folder relative to the checkout (the report goes into pages), else the source as named."""
+    if spec.random_init or is_remote(spec):
+        return spec.source
+    return shown_path(Path(spec.source), root)
 
 
 def _check_source(entry: EncoderParams, spec: EncoderSpec, where: str, report: Report) -> None:
