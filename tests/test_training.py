@@ -239,3 +239,9 @@ paths: {{data_cache: {root / ".cache/data"}, cache: {tmp_path / "cache"}}}
     assert "8 training films of 4 subjects" in card and "4 films of" in card and "Masked-image modelling" in card
     assert "## Evaluation against the random-init twin" in card and "same-subject retrieval" in card
     assert run(params, root=root, progress=False, output=tmp_path / "again") == digest  # resumed: nothing retrained
+
+
+def test_a_missing_trained_folder_says_how_to_get_it_back(tmp_path: Path) -> None:
+    spec = replace(resolve_spec("demo-dino-vit"), source=str(tmp_path / "gone"))
+    report = check_source(spec)
+    assert not report.ok and any("git checkout -- models/" in m and "make demo-encoder" in m for m in report.missing)

@@ -146,6 +146,11 @@ def _folder(spec: EncoderSpec, config_name: str) -> Path | str:
     if path.is_dir():
         return path
     if not is_hub_id(spec.source):
+        if spec.weights_sha256 is not None:  # the project's own trained model: it comes with the checkout
+            return (
+                f"{spec.source} is not a folder: restore it from the repository (git checkout -- models/) or "
+                "retrain it (make demo-encoder)"
+            )
         return f"{spec.source} is not a folder"
     repo = spec.source.removeprefix(OPEN_CLIP_HUB)
     with widgetless_tqdm():
