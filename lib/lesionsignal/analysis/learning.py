@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lesionsignal.analysis.stats import auc
+from lesionsignal.features.retrieval import nearest_other
 
 LEARNING_COLUMNS = (
     "check",
@@ -144,32 +145,52 @@ def retrieval_hits(vectors: np.ndarray, subjects: Sequence[str]) -> tuple[np.nda
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != labels.size:
         raise LearningCheckError(f"{labels.size} subjects for vectors of shape {x.shape}")
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     queries = np.flatnonzero(counts[inverse] > 1)
     if queries.size == 0:
         raise LearningCheckError("no subject has two images: nothing to retrieve")
-    nearest = similarity[queries].argmax(axis=1)
+    nearest = nearest_other(x)[queries]
     return queries, labels[nearest] == labels[queries]
 
 
 def retrieval_comparison(
     vectors: np.ndarray, twin_vectors: np.ndarray, subjects: Sequence[str], n_boot: int, seed: int
 ) -> Paired:
+    return _retrieval_comparison(vectors, twin_vectors, np.asarray(subjects), n_boot, seed)[0]
+
+
+def retrieval_row(
+    check: str,
+    dataset: str,
+    encoder: str,
+    twin: str,
+    vectors: np.ndarray,
+    twin_vectors: np.ndarray,
+    subjects: Sequence[str],
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """A learning-check row of same-subject retrieval: n queries, and the patients they come from."""
     labels = np.asarray(subjects)
+    paired, queries = _retrieval_comparison(vectors, twin_vectors, labels, n_boot, seed)
+    return learning_row(check, dataset, encoder, twin, paired, queries.size, np.unique(labels[queries]).size)
+
+
+def _retrieval_comparison(
+    vectors: np.ndarray, twin_vectors: np.ndarray, labels: np.ndarray, n_boot: int, seed: int
+) -> tuple[Paired, np.ndarray]:
     queries, hits = retrieval_hits(vectors, labels)
     twin_queries, twin_hits = retrieval_hits(twin_vectors, labels)
     if not np.array_equal(queries, twin_queries):
         raise LearningCheckError("the two encoders' vectors cover different images")
     resamples = patient_resamples(labels[queries], n_boot, seed)
-    return Paired(
+    paired = Paired(
         value=float(hits.mean()),
         twin_value=float(twin_hits.mean()),
         draws=np.array([hits[r].mean() for r in resamples]),
         twin_draws=np.array([twin_hits[r].mean() for r in resamples]),
     )
+    return paired, queries
 
 
 def disease_rows(scores: pd.DataFrame, encoder: str, twin: str, dataset: str, n_boot: int, seed: int) -> list[dict]:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 
@@ -23,6 +23,8 @@ from lesionsignal.paper.outputs import RunLabel
 from lesionsignal.paper.registry import SFDI_PANEL
 from lesionsignal.stimuli.convention import Convention, PanelSwitches
 from lesionsignal.stimuli.panel import PanelError, condition_names
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ class Params:
             (f"cohorts[{i}].{key}", path)
             for i, cohort in enumerate(self.cohorts)
             for key, path in cohort.required_files()
-            if not resolve(self, path, root).exists()
+            if not resolve(path, root).exists()
         ]
 
     def check_files(self, root: Path | None = None) -> None:
@@ -423,7 +425,12 @@ def shown_path(path: Path, root: Path | None = None) -> str:
 
 
 def load_params(path: str | Path) -> Params:
-    """Parse and validate a parameter file; any problem raises ParamsError naming the file and the key."""
+    """Parse and validate a run's parameter file; any problem raises ParamsError naming the file and the key."""
+    return read_params_file(path, Params)
+
+
+def read_params_file(path: str | Path, cls: type[T]) -> T:
+    """A YAML parameter file as dataclass ``cls`` (its ``source`` field set from the file name), validated."""
     path = Path(path)
     shown = shown_path(path)
     if not path.is_file():
@@ -440,12 +447,11 @@ def load_params(path: str | Path) -> Params:
         raise ParamsError(shown, "", "expected a mapping at the top level")
     if "source" in data:
         raise ParamsError(shown, "source", "reserved key (set from the file name)")
-    data = {**data, "source": shown}
-    return build(Params, data, source=shown)
+    return build(cls, {**data, "source": shown}, source=shown)
 
 
-def resolve(params: Params, relative: Path, root: Path | None = None) -> Path:
-    """An absolute path for a path from the parameters."""
+def resolve(relative: Path, root: Path | None = None) -> Path:
+    """An absolute path for a path from a parameter file (relative ones are taken from the project root)."""
     if relative.is_absolute():
         return relative
     return (root or project_root()) / relative

@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from lesionsignal.config.params import shown_path
-from lesionsignal.core.validate import FieldError, ParamsError, build
+from lesionsignal.config.params import read_params_file
+from lesionsignal.core.validate import FieldError
 from lesionsignal.training.recipe import Recipe
 
 
@@ -47,8 +45,7 @@ class Evaluation:
     probes fitted on the training films (folds grouped by subject), tested on the held-out subjects' films, and
     same-subject retrieval among those; paired intervals from resampling subjects."""
 
-    twin: str = "demo-dino-vit-random"
-    twin_seed: int = 0
+    twin_seed: int = 0  # the random-init twin (the registry entry whose twin_of names the trained encoder)
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     folds: int = 5
     n_boot: int = 1000
@@ -69,16 +66,4 @@ class DemoEncoderParams:
 
 def load_training_params(path: str | Path) -> DemoEncoderParams:
     """Parse and validate a demo-encoder parameter file; a problem raises ParamsError naming the file and key."""
-    path = Path(path)
-    shown = shown_path(path)
-    if not path.is_file():
-        raise ParamsError(shown, "", "parameter file not found; a relative path is taken from the project root")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(shown, "", f"not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ParamsError(shown, "", "expected a mapping at the top level")
-    if "source" in data:
-        raise ParamsError(shown, "source", "reserved key (set from the file name)")
-    return build(DemoEncoderParams, {**data, "source": shown}, source=shown)
+    return read_params_file(path, DemoEncoderParams)

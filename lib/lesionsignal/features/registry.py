@@ -327,6 +327,38 @@ _DEMO_TRAINED = _geometry(
 # SHA-256 of models/demo-dino-vit/model.safetensors, as its model card and `make demo-encoder` print it.
 DEMO_TRAINED_SHA256 = "ad565cd89010574ff98201667299c988ae65bb0ed575642c4f89503a8588a344"
 
+
+def random_init_twin(trained: EncoderSpec, *, label: str, config: tuple[tuple[str, Any], ...]) -> EncoderSpec:
+    """The untrained control of ``trained``: its class, geometry and width, built from ``config`` with random
+    weights; its id is the trained one's with "-random"."""
+    return replace(
+        trained,
+        id=f"{trained.id}-random",
+        source=RANDOM_INIT,
+        revision=None,
+        label=label,
+        random_init=True,
+        config=config,
+        native_size=None,
+        weights_sha256=None,
+        twin_of=trained.id,
+    )
+
+
+_DEMO_TRAINED_VIT = EncoderSpec(
+    id="demo-dino-vit",
+    kind=EncoderKind.DINOV2,
+    source=str(DEMO_MODELS / "demo-dino-vit"),
+    revision=None,
+    geometry=_DEMO_TRAINED,
+    prefix_tokens=1,
+    dim=128,
+    global_pool="cls",
+    label="demo ViT/28 at 448 px (trained by this project on rendered films, MAE)",
+    native_size=448,
+    weights_sha256=DEMO_TRAINED_SHA256,
+)
+
 DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
     EncoderSpec(
         id="demo-dinov2-vit",
@@ -367,32 +399,11 @@ DEMO_ENCODERS: Mapping[str, EncoderSpec] = _registry(
         random_init=True,
         config=(("arch", "resnet18"),),
     ),
-    EncoderSpec(
-        id="demo-dino-vit",
-        kind=EncoderKind.DINOV2,
-        source=str(DEMO_MODELS / "demo-dino-vit"),
-        revision=None,
-        geometry=_DEMO_TRAINED,
-        prefix_tokens=1,
-        dim=128,
-        global_pool="cls",
-        label="demo ViT/28 at 448 px (trained by this project on rendered films, MAE)",
-        native_size=448,
-        weights_sha256=DEMO_TRAINED_SHA256,
-    ),
-    EncoderSpec(
-        id="demo-dino-vit-random",
-        kind=EncoderKind.DINOV2,
-        source=RANDOM_INIT,
-        revision=None,
-        geometry=_DEMO_TRAINED,
-        prefix_tokens=1,
-        dim=128,
-        global_pool="cls",
+    _DEMO_TRAINED_VIT,
+    random_init_twin(
+        _DEMO_TRAINED_VIT,
         label="demo ViT/28 at 448 px (random-init twin of the trained one)",
-        random_init=True,
         config=_DEMO_TRAINED_CONFIG,
-        twin_of="demo-dino-vit",
     ),
 )
 
@@ -421,6 +432,15 @@ def resolve_spec(
         raise ValueError(f"encoder {spec.id!r}: revision {revision!r} needs a hub id, not source {new_source!r}")
     # A new source without a revision drops the registry's pin: a pin belongs to the source it was set for.
     return replace(spec, source=new_source, revision=revision)
+
+
+def random_twin(trained_id: str) -> EncoderSpec:
+    """The registry's random-init twin of the trained encoder ``trained_id`` (the entry whose twin_of names it)."""
+    registry = {**STUDY_ENCODERS, **DEMO_ENCODERS}
+    twin = next((spec for spec in registry.values() if spec.twin_of == trained_id), None)
+    if twin is None:
+        raise UnknownEncoder(f"no registry entry is the random-init twin of {trained_id!r}")
+    return twin
 
 
 def is_hub_id(source: str) -> bool:

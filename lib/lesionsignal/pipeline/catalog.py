@@ -22,7 +22,7 @@ class Catalog:
     root: Path  # the project root: relative paths of the parameters start here
 
     def _resolved(self, path: Path) -> Path:
-        return resolve(self.params, path, self.root)
+        return resolve(path, self.root)
 
     @property
     def data_cache(self) -> Path:

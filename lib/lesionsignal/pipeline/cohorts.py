@@ -70,7 +70,7 @@ def read_cohort(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusio
 
 def _read_mimic(run: Run, cohort: CohortParams) -> tuple[Manifest, list[Exclusion]]:
     def path(value: Path) -> Path:
-        return resolve(run.params, value, run.catalog.root)
+        return resolve(value, run.catalog.root)
 
     return read_mimic(
         path(cohort.root),
@@ -87,7 +87,7 @@ def _read_strict(run: Run, cohort: CohortParams) -> Manifest:
     params, root = run.params, run.catalog.root
 
     def path(value: Path) -> Path:
-        return resolve(params, value, root)
+        return resolve(value, root)
 
     kind = cohort.kind
     if kind is CohortKind.DEMO:

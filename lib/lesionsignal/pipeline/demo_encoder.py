@@ -12,7 +12,7 @@ registry entry must hold for `make paper` to load the folder. `make paper` never
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -24,30 +24,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lesionsignal.analysis.disease import SCORE_COLUMNS
-from lesionsignal.analysis.learning import (
-    LEARNING_COLUMNS,
-    RETRIEVAL_CHECK,
-    disease_rows,
-    learning_row,
-    retrieval_comparison,
-    retrieval_hits,
-)
-from lesionsignal.analysis.probe import ProbeConfig, ProbeError, fit_probe
-from lesionsignal.analysis.stats import StatsError
-from lesionsignal.config.params import load_params, project_root, shown_path
+from lesionsignal.analysis.disease import run_disease
+from lesionsignal.analysis.learning import LEARNING_COLUMNS, RETRIEVAL_CHECK, disease_rows, retrieval_row
+from lesionsignal.analysis.probe import ProbeConfig
+from lesionsignal.config.params import load_params, project_root, resolve, shown_path
 from lesionsignal.config.training import DemoEncoderParams, load_training_params
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.progress import progress_bar
 from lesionsignal.data.demo_cohort import read_demo
-from lesionsignal.data.manifest import DISEASES, Manifest
+from lesionsignal.data.manifest import Manifest, Record
 from lesionsignal.data.registry import ct_paths
-from lesionsignal.demo.build import build_demo_cohort
+from lesionsignal.demo.build import DemoCohort, build_demo_cohort
 from lesionsignal.demo.config import DemoCohortConfig, cohort_folder_name, output_parameters
 from lesionsignal.demo.overlap import shared_subjects
 from lesionsignal.features.encoder import Encoder, load_encoder
 from lesionsignal.features.geometry import Geometry
-from lesionsignal.features.registry import EncoderSpec, resolve_spec
+from lesionsignal.features.registry import EncoderSpec, random_twin, resolve_spec
 from lesionsignal.paper.encoder_checks import learning_table
 from lesionsignal.paper.outputs import frame_to_markdown
 from lesionsignal.training.loop import EpochRecord, HeldOut, TrainResult, train
@@ -67,10 +59,6 @@ class SharedSubjects(UserError, ValueError):
     """The training films' generator would draw subjects of the demo cohort."""
 
 
-def _rooted(path: Path, root: Path) -> Path:
-    return path if path.is_absolute() else root / path
-
-
 def generator_config(params: DemoEncoderParams) -> DemoCohortConfig:
     films = params.films
     return DemoCohortConfig(
@@ -84,7 +72,7 @@ def generator_config(params: DemoEncoderParams) -> DemoCohortConfig:
 
 def check_disjoint(params: DemoEncoderParams, root: Path) -> None:
     """Refuse a training generator that would draw any subject of the demo run's cohort."""
-    demo = load_params(_rooted(params.demo_params, root))
+    demo = load_params(resolve(params.demo_params, root))
     shared = shared_subjects(generator_config(params), demo.demo_cohort)
     if shared:
         raise SharedSubjects(
@@ -94,23 +82,24 @@ def check_disjoint(params: DemoEncoderParams, root: Path) -> None:
         )
 
 
-def load_films(manifest: Manifest, progress: bool) -> tuple[list[np.ndarray], HeldOut, list[str]]:
-    """Training films (train split), held-out films with subject ids (test split), and the training films' names."""
-    train_films, names, held, subjects = [], [], [], []
-    bar = progress_bar(len(manifest.records), "training films loaded", "film", progress)
-    for record in manifest.records:
+def split_records(manifest: Manifest) -> tuple[list[Record], list[Record]]:
+    """The training films' records and the held-out subjects' records, in manifest order."""
+    records = manifest.records
+    return [r for r in records if r.split == "train"], [r for r in records if r.split != "train"]
+
+
+def load_films(records: Sequence[Record], what: str, progress: bool) -> list[np.ndarray]:
+    """The 8-bit films of ``records``, in order."""
+    films = []
+    bar = progress_bar(len(records), f"{what} films loaded", "film", progress)
+    for record in records:
         film = cv2.imread(str(record.path), cv2.IMREAD_GRAYSCALE)
         if film is None:
             raise UserError(f"{record.path}: cannot be read as an image; delete it and run make demo-encoder again")
-        if record.split == "train":
-            train_films.append(film)
-            names.append(record.image_id)
-        else:
-            held.append(film)
-            subjects.append(record.patient_id)
+        films.append(film)
         bar.update(1)
     bar.close()
-    return train_films, HeldOut(held, subjects), names
+    return films
 
 
 def _epoch_line(record: EpochRecord, epochs: int) -> str:
@@ -120,11 +109,6 @@ def _epoch_line(record: EpochRecord, epochs: int) -> str:
     if record.teacher_image_entropy is not None:
         line += f", teacher entropies {record.teacher_mean_entropy:.2f} / {record.teacher_image_entropy:.2f}"
     return f"{line}, {record.seconds:.0f} s"
-
-
-def films_digest(folder: Path, names: Sequence[str]) -> str:
-    lines = "".join(f"{n}:{hashlib.sha256((folder / 'images' / n).read_bytes()).hexdigest()}\n" for n in sorted(names))
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def run(
@@ -140,14 +124,16 @@ def run(
     check_disjoint(params, root)
     spec = resolve_spec(params.encoder)
     config = generator_config(params)
-    cache = _rooted(params.paths.cache, root)
+    cache = resolve(params.paths.cache, root)
     folder = cache / "cohorts" / cohort_folder_name(config, CANVAS)
-    ct = ct_paths(_rooted(params.paths.data_cache, root))
+    ct = ct_paths(resolve(params.paths.data_cache, root))
     cohort = build_demo_cohort(config, ct, folder, progress, canvas=CANVAS)
     if not cohort.complete:
         return None
     manifest = read_demo(folder, cohort="demo-encoder-training")
-    films, held_out, names = load_films(manifest, progress)
+    train_records, held_records = split_records(manifest)
+    films = load_films(train_records, "training", progress)
+    held_out = HeldOut(load_films(held_records, "held-out", progress), [r.patient_id for r in held_records])
     recipe = params.recipe
     result = train(
         recipe,
@@ -161,7 +147,7 @@ def run(
     if len(result.history) < recipe.optimisation.epochs:
         print(f"{len(result.history)} of {recipe.optimisation.epochs} epochs done; run again to go on", flush=True)
         return None
-    data = _training_data(params, config, folder, manifest, names, held_out)
+    data = _training_data(params, config, cohort, train_records, held_records)
     evaluation = evaluate(params, spec, result, manifest, films, held_out, progress)
     command = f"make demo-encoder DEMO_ENCODER_PARAMS={shlex.quote(shown_path(Path(params.source), root))}"
     target = Path(spec.source) if output is None else output
@@ -180,54 +166,52 @@ def evaluate(
     progress: bool,
 ) -> Evaluated:
     """The learning checks (analysis.learning) of the trained encoder against its twin on the training generator's
-    films: disease probes fitted on the training films and tested on the held-out subjects', and retrieval."""
+    films: the T2 disease probes (analysis.disease) fitted on the training films and tested on the held-out
+    subjects', and same-subject retrieval among those."""
     settings = params.evaluation
-    trained_spec, twin_spec = trained_specs(spec, resolve_spec(settings.twin), params.recipe, result.normalisation)
+    trained_spec, twin_spec = trained_specs(spec, random_twin(spec.id), params.recipe, result.normalisation)
     trained = Encoder(trained_spec, result.teacher.eval(), torch.device("cpu"), torch.float32)
     twin = load_encoder(twin_spec, seed=settings.twin_seed)
-    train_records = [r for r in manifest.records if r.split == "train"]
-    test_records = [r for r in manifest.records if r.split != "train"]
+    train_records, held_records = split_records(manifest)
+    ids = np.asarray([r.image_id for r in (*train_records, *held_records)])
+    vectors = {
+        e.spec.id: np.concatenate([_cls(e, films, progress), _cls(e, held_out.films, progress)])
+        for e in (trained, twin)
+    }
     config = ProbeConfig(c_grid=settings.c_grid, folds=settings.folds, seed=settings.seed)
-    vectors, scores, skipped = {}, [], {}
-    for encoder in (trained, twin):
-        x_train = _cls(encoder, films, progress)
-        x_test = _cls(encoder, held_out.films, progress)
-        vectors[encoder.spec.id] = x_test
-        for disease in DISEASES:
-            y_train = np.asarray([r.label(disease) for r in train_records])
-            y_test = np.asarray([r.label(disease) for r in test_records])
-            groups = np.asarray([r.patient_id for r in train_records])
-            try:
-                fitted = fit_probe(x_train, y_train, groups, x_test, y_test, config)
-            except (ProbeError, StatsError) as err:  # a split with one class, too few subjects for the folds
-                skipped[disease] = str(err)
-                continue
-            scores.append(
-                pd.DataFrame(
-                    {
-                        "model": encoder.spec.id,
-                        "dataset": EVALUATION_DATASET,
-                        "task": disease,
-                        "image_id": [r.image_id for r in test_records],
-                        "patient_id": [r.patient_id for r in test_records],
-                        "label": y_test,
-                        "score": fitted.test_scores,
-                    }
-                )
-            )
+    disease = run_disease(
+        list(vectors),
+        {EVALUATION_DATASET: manifest},
+        [],
+        lambda model, _: (ids, vectors[model]),
+        lambda *_: (ids, np.zeros((0, 0))),  # no perturbed films here: T9 is not computed
+        config,
+        settings.n_boot,
+        alpha=0.05,
+    )
     trained_id, twin_id = trained.spec.id, twin.spec.id
-    frame = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=list(SCORE_COLUMNS))
-    frame = frame[~frame["task"].isin(skipped)]  # a finding only one of the two encoders could be probed on
-    rows = disease_rows(frame, trained_id, twin_id, EVALUATION_DATASET, settings.n_boot, settings.seed)
-    subjects = np.asarray(held_out.subjects)
-    queries, _ = retrieval_hits(vectors[trained_id], subjects)
-    retrieval = retrieval_comparison(vectors[trained_id], vectors[twin_id], subjects, settings.n_boot, settings.seed)
-    patients = np.unique(subjects[queries]).size
+    scores = disease.scores[~disease.scores["task"].isin(disease.skipped["task"])]  # probed for both encoders
+    rows = disease_rows(scores, trained_id, twin_id, EVALUATION_DATASET, settings.n_boot, settings.seed)
+    held = slice(len(train_records), None)
     check = f"{RETRIEVAL_CHECK} (cls)"
-    rows.append(learning_row(check, EVALUATION_DATASET, trained_id, twin_id, retrieval, queries.size, patients))
+    twin_vectors = vectors[twin_id][held]
+    rows.append(
+        retrieval_row(
+            check,
+            EVALUATION_DATASET,
+            trained_id,
+            twin_id,
+            vectors[trained_id][held],
+            twin_vectors,
+            held_out.subjects,
+            settings.n_boot,
+            settings.seed,
+        )
+    )
     table = pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
     labels = {trained_id: spec.label, twin_id: twin.spec.label}
-    notes = "".join(f"\n\nNot probed: {disease} ({reason})." for disease, reason in skipped.items())
+    skipped = disease.skipped.drop_duplicates("task")
+    notes = "".join(f"\n\nNot probed: {row.task} ({row.reason})." for row in skipped.itertuples())
     return Evaluated(table.to_dict(orient="records"), frame_to_markdown(learning_table(table, labels)) + notes)
 
 
@@ -262,13 +246,12 @@ def _cls(encoder: Encoder, films: Sequence[np.ndarray], progress: bool) -> np.nd
 def _training_data(
     params: DemoEncoderParams,
     config: DemoCohortConfig,
-    folder: Path,
-    manifest: Manifest,
-    names: Sequence[str],
-    held_out: HeldOut,
+    cohort: DemoCohort,
+    train_records: Sequence[Record],
+    held_records: Sequence[Record],
 ) -> TrainingData:
     generator = output_parameters(config, CANVAS)
-    train_subjects = {r.patient_id for r in manifest.records if r.split == "train"}
+    provenance = json.loads(cohort.provenance.read_text())
     return TrainingData(
         description=(
             "Films rendered by the project's demo-cohort generator (`lesionsignal.demo`) from the chest CT shipped "
@@ -277,11 +260,11 @@ def _training_data(
             "films carry the generator's findings (cardiomegaly, edema, lesions); training never sees a label."
         ),
         generator={k: v for k, v in generator.items() if k in ("n_images", "images_per_subject", "seed", "canvas")},
-        n_train_films=len(names),
-        n_train_subjects=len(train_subjects),
-        n_held_out_films=len(held_out.films),
-        n_held_out_subjects=len(set(held_out.subjects)),
-        films_sha256=films_digest(folder, names),
+        n_train_films=len(train_records),
+        n_train_subjects=len({r.patient_id for r in train_records}),
+        n_held_out_films=len(held_records),
+        n_held_out_subjects=len({r.patient_id for r in held_records}),
+        films_sha256=provenance["images_sha256"],
     )
 
 
@@ -304,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def go() -> int:
         root = project_root()
-        params = load_training_params(_rooted(args.params, root))
+        params = load_training_params(resolve(args.params, root))
         return 0 if run(params, root=root, epochs_now=args.epochs_now) is not None else UNFINISHED
 
     return user_errors_exit(go, verbose_flag=args.verbose)

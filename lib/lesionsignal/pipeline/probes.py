@@ -21,9 +21,7 @@ from lesionsignal.analysis.learning import (
     LEARNING_COLUMNS,
     RETRIEVAL_CHECK,
     disease_rows,
-    learning_row,
-    retrieval_comparison,
-    retrieval_hits,
+    retrieval_row,
 )
 from lesionsignal.analysis.probe import ProbeConfig, Solver
 from lesionsignal.config.params import Analysis, Params, ProbeParams
@@ -160,12 +158,9 @@ def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> p
                 twin_ids, twin_x = _clean_pool(run, twin, dataset, pool)
                 if not np.array_equal(ids, twin_ids):
                     raise ValueError(f"{dataset}: {trained} and {twin} have clean vectors of different images")
-                subjects = np.asarray([patient[i] for i in ids])
-                queries, _ = retrieval_hits(x, subjects)
-                paired = retrieval_comparison(x, twin_x, subjects, n_boot, seed)
+                subjects = [patient[i] for i in ids]
                 check = f"{RETRIEVAL_CHECK} ({pool})"
-                n_patients = np.unique(subjects[queries]).size
-                rows.append(learning_row(check, dataset, trained, twin, paired, queries.size, n_patients))
+                rows.append(retrieval_row(check, dataset, trained, twin, x, twin_x, subjects, n_boot, seed))
     return pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
 
 

@@ -10,7 +10,6 @@ After each epoch the teacher is checked on held-out films: top-1 retrieval of th
 from __future__ import annotations
 
 import copy
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from torch import nn
 from lesionsignal.core.files import atomic_writer
 from lesionsignal.core.progress import progress_bar
 from lesionsignal.core.torch_compat import ensure_torchvision
+from lesionsignal.features.retrieval import nearest_other
 from lesionsignal.training.dino import (
     CollapseStatistics,
     DinoHead,
@@ -333,12 +333,8 @@ def cls_vectors(encoder: nn.Module, films: Sequence[np.ndarray], size: int, norm
 
 def retrieval_top1(vectors: np.ndarray, subjects: Sequence[str]) -> float:
     """Fraction of items whose nearest other item (cosine) belongs to the same subject."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    nearest = similarity.argmax(axis=1)
     labels = np.asarray(subjects)
-    return float(np.mean(labels[nearest] == labels))
+    return float(np.mean(labels[nearest_other(vectors)] == labels))
 
 
 def _retrieval(encoder: nn.Module, held_out: HeldOut | None, recipe: Recipe, norm: Normalisation) -> float | None:
@@ -349,8 +345,6 @@ def _retrieval(encoder: nn.Module, held_out: HeldOut | None, recipe: Recipe, nor
 
 
 def _save(path: Path, method_state: dict, optimiser: torch.optim.Optimizer, history: list[EpochRecord]) -> None:
-    buffer = io.BytesIO()
     state = {"method": method_state, "optimiser": optimiser.state_dict(), "history": [asdict(r) for r in history]}
-    torch.save(state, buffer)
     with atomic_writer(path) as handle:
-        handle.write(buffer.getvalue())
+        torch.save(state, handle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ class TrainingData:
     n_train_subjects: int
     n_held_out_films: int
     n_held_out_subjects: int
-    films_sha256: str  # SHA-256 over the sorted "name:sha256" lines of the training films
+    films_sha256: str  # the rendered cohort's images_sha256 (its provenance.json): every film, training and held out
 
 
 @dataclass(frozen=True)
@@ -104,14 +105,8 @@ def write_model_folder(
             path.chmod(0o644)  # save_pretrained and mkdtemp make owner-only files; a model folder is shared
         tmp.chmod(0o755)
         if folder.exists():
-            _remove_folder(folder)
+            shutil.rmtree(folder)
     return digest
-
-
-def _remove_folder(folder: Path) -> None:
-    for path in sorted(folder.rglob("*"), reverse=True):
-        path.rmdir() if path.is_dir() else path.unlink()
-    folder.rmdir()
 
 
 def plot_loss_curve(result: TrainResult, path: Path, method: str) -> None:
@@ -190,7 +185,8 @@ training film is a digitally reconstructed radiograph of deformations of the sam
 - {data.n_train_films} training films of {data.n_train_subjects} subjects; {data.n_held_out_films} films of
   {data.n_held_out_subjects} further subjects held out for the retrieval check; no subject of the demo cohort.
 - Generator parameters: `{json.dumps(dict(data.generator), sort_keys=True, default=str)}`
-- SHA-256 of the training films (sorted `name:sha256` lines): `{data.films_sha256}`
+- SHA-256 of the rendered films, training and held out (`images_sha256` of the cohort's provenance.json, over its
+  `image_id:sha256` lines in generator order): `{data.films_sha256}`
 
 ## Recipe
 
