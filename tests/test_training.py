@@ -245,3 +245,15 @@ def test_a_missing_trained_folder_says_how_to_get_it_back(tmp_path: Path) -> Non
     spec = replace(resolve_spec("demo-dino-vit"), source=str(tmp_path / "gone"))
     report = check_source(spec)
     assert not report.ok and any("git checkout -- models/" in m and "make demo-encoder" in m for m in report.missing)
+
+
+def test_a_bad_evaluation_setting_stops_before_any_rendering(tmp_path: Path) -> None:
+    from lesionsignal.config.params import project_root
+    from lesionsignal.config.training import load_training_params
+    from lesionsignal.core.validate import ParamsError
+
+    text = (project_root() / "params/demo_encoder.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "evaluation: {c_grid: [1.0, -2.0], n_boot: 0}\n")
+    with pytest.raises(ParamsError, match=r"evaluation\.c_grid\[1\].*positive"):
+        load_training_params(bad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lesionsignal.analysis.probe import ProbeConfig
 from lesionsignal.config.params import read_params_file
 from lesionsignal.core.validate import FieldError
 from lesionsignal.training.recipe import Recipe
@@ -50,6 +51,14 @@ class Evaluation:
     folds: int = 5
     n_boot: int = 1000
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.probe_config()  # a bad C grid or fold count stops here, not after the training
+        if self.n_boot < 1:
+            raise FieldError("n_boot", f"must be at least 1, got {self.n_boot}")
+
+    def probe_config(self) -> ProbeConfig:
+        return ProbeConfig(c_grid=self.c_grid, folds=self.folds, seed=self.seed)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ import torch
 
 from lesionsignal.analysis.disease import run_disease
 from lesionsignal.analysis.learning import LEARNING_COLUMNS, RETRIEVAL_CHECK, disease_rows, retrieval_row
-from lesionsignal.analysis.probe import ProbeConfig
 from lesionsignal.config.params import load_params, project_root, resolve, shown_path
 from lesionsignal.config.training import DemoEncoderParams, load_training_params
 from lesionsignal.core.errors import UserError, user_errors_exit
@@ -178,14 +177,13 @@ def evaluate(
         e.spec.id: np.concatenate([_cls(e, films, progress), _cls(e, held_out.films, progress)])
         for e in (trained, twin)
     }
-    config = ProbeConfig(c_grid=settings.c_grid, folds=settings.folds, seed=settings.seed)
     disease = run_disease(
         list(vectors),
         {EVALUATION_DATASET: manifest},
         [],
         lambda model, _: (ids, vectors[model]),
         lambda *_: (ids, np.zeros((0, 0))),  # no perturbed films here: T9 is not computed
-        config,
+        settings.probe_config(),
         settings.n_boot,
         alpha=0.05,
     )
