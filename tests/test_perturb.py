@@ -18,6 +18,7 @@ from lesionsignal.core.box import Box
 from lesionsignal.stimuli import inject as ij
 from lesionsignal.stimuli import panel as pn
 from lesionsignal.stimuli import placement as pl
+from lesionsignal.stimuli.convention import SPEC
 from lesionsignal.stimuli.panel import Family, Shape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -617,3 +618,18 @@ def test_benchmark_script_runs_and_writes_its_summary(tmp_path: Path) -> None:
     assert report["panel"]["images_per_s"] > 0
     assert {"iso_blur_8", "dir_cranio_L21_P64"} <= set(report["patch_vs_whole_blur"])
     assert report["machine"]["cpu_count"] >= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_patch_alone_equals_perturbing_the_whole_canvas(name: str) -> None:
+    """apply_patch works on the box and the context it reads; on a 72 px canvas with no margin most boxes touch an
+    edge, where a filter's border rule must see what it sees on the whole canvas."""
+    rng = np.random.default_rng(11)
+    canvas = rng.integers(30, 220, (72, 72), dtype=np.uint8)
+    condition = pn.get_condition(name)
+    for basename in ("a.png", "b.png", "c.png", "d.png", "e.png"):
+        box, draws = pl.place(basename, condition.patch, 72, 0.0, 42, SPEC.placement)
+        whole = ij.inject_at(canvas, condition, box, draws)
+        ours = ij.apply_patch(canvas, condition, basename, margin=0.0)
+        assert ours.box == box
+        np.testing.assert_array_equal(ours.patch, whole[box.slices()])

@@ -215,6 +215,7 @@ class ExtractionParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = 2  # threads preparing images while the model runs
     chunk_size: int = 64  # images per cached unit: the most a crash can lose
+    canvas_store: bool = True  # keep decoded canvases on disk (1 MiB per image at 1024 px) for later runs and shards
     shard_index: int = 0
     shard_count: int = 1
 

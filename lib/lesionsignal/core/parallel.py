@@ -40,6 +40,23 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def background_priority() -> None:
+    """Lower the calling thread to the lowest CPU priority (Linux: per-thread nice 19; elsewhere nothing).
+
+    Work that feeds a model (decoding, perturbing, resizing the next batch, writing the last) then runs in the
+    cycles the model's threads leave, instead of preempting one of them and stalling the rest at their next barrier;
+    when it falls behind, the model waits on it, its threads sleep, and it gets the cores. Threads this one starts
+    (an OpenMP team) inherit the priority.
+    """
+    import os
+    import threading
+
+    if not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):  # a container may refuse; the work is then merely not deprioritised
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Fresh (spawned) worker processes with one torch thread each."""
     context = multiprocessing.get_context("spawn")

@@ -14,8 +14,8 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from lesionsignal.core.torch_compat import ensure_torchvision
 from lesionsignal.features.loaders import build_module, check_structure
+from lesionsignal.features.model_input import normalise, resize
 from lesionsignal.features.registry import PRECISIONS, EncoderKind, EncoderMismatch, EncoderSpec, resolve_spec
 
 
@@ -38,27 +38,18 @@ class Encoder:
 
     def preprocess(self, canvases: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, H, W) uint8 square canvases -> (B, 3, S, S) float32 normalised model input on the device."""
-        g = self.spec.geometry
-        images = _checked_canvases(canvases).to(self.device).unsqueeze(1)
-        ensure_torchvision()
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as tvf
-
-        mode = InterpolationMode.BICUBIC if g.interpolation == "bicubic" else InterpolationMode.BILINEAR
-        with torch.inference_mode():
-            # The gray image is resized once and copied to three channels after: identical to resizing RGB copies.
-            if g.resize_in_uint8:
-                resized = tvf.resize(images, [g.resize, g.resize], interpolation=mode, antialias=True).float() / 255
-            else:
-                resized = tvf.resize(images.float() / 255, [g.resize, g.resize], interpolation=mode, antialias=True)
-            top = g.crop_offset
-            cropped = resized[..., top : top + g.input_size, top : top + g.input_size]
-            mean = torch.tensor(g.mean, device=self.device).view(1, 3, 1, 1)
-            std = torch.tensor(g.std, device=self.device).view(1, 3, 1, 1)
-            return (cropped - mean) / std
+        geometry = self.spec.geometry
+        return normalise(resize(_checked_canvases(canvases).to(self.device), geometry), geometry)
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
         """One forward pass over preprocessed pixels (B, 3, S, S)."""
+        global_vec, tokens = self.tokens(pixels)
+        # float32 on the CPU whatever the compute dtype: pooled vectors feed float64 probes downstream.
+        return EncoderOutput(global_vec=global_vec.float().cpu(), patch_tokens=tokens.float().cpu())
+
+    def tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass, its results left on the device in the compute dtype: global vectors (B, D) and the
+        patch-token grid (B, grid, grid, D), for pooling where the model ran."""
         g, spec = self.spec.geometry, self.spec
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, g.input_size, g.input_size):
             raise ValueError(
@@ -72,29 +63,32 @@ class Encoder:
                 f"{spec.id}: expected {g.grid}x{g.grid} patch tokens of width {spec.dim} after {spec.prefix_tokens} "
                 f"prefix tokens, got {count} tokens of width {width} and a global vector {tuple(global_vec.shape)}"
             )
-        # float32 on the CPU whatever the compute dtype: pooled vectors feed float64 probes downstream.
-        return EncoderOutput(
-            global_vec=global_vec.float().cpu(),
-            patch_tokens=tokens.reshape(batch, g.grid, g.grid, width).float().cpu(),
-        )
+        return global_vec, tokens.reshape(batch, g.grid, g.grid, width)
 
     def encode(self, canvases: np.ndarray | torch.Tensor) -> EncoderOutput:
         return self.forward(self.preprocess(canvases))
 
 
 def load_encoder(
-    spec: str | EncoderSpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    spec: str | EncoderSpec,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    build_on_device: bool = False,
 ) -> Encoder:
     """Load (or, for random-init specs, build with ``seed``) a frozen encoder on ``device`` in ``dtype``.
 
     The weights themselves are cast to ``dtype`` (a 7B model in float32 would not fit where the protocol runs it in
     bfloat16). Half precision is meant for CUDA; on CPU it runs, slowly, and agrees with float32 to its precision.
+    ``build_on_device`` (benchmarks only) initialises random weights on ``device`` itself: other numbers than a CPU
+    build with the same seed, in seconds instead of minutes for a 7B model.
     """
     spec = resolve_spec(spec)
     if dtype not in PRECISIONS.values():
         raise ValueError(f"{spec.id}: dtype must be float32, float16 or bfloat16, got {dtype}")
     device = torch.device(device)
-    module = build_module(spec, dtype, seed).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    built = build_module(spec, dtype, seed, device if build_on_device else None)
+    module = built.to(device=device, dtype=dtype).eval().requires_grad_(False)
     check_structure(spec, module)
     return Encoder(spec, module, device, dtype)
 

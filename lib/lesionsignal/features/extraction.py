@@ -28,12 +28,15 @@ from lesionsignal.core.box import Box
 from lesionsignal.core.cache import ARRAYS, Store
 from lesionsignal.core.canvas import Resample
 from lesionsignal.core.files import load_arrays, save_arrays
+from lesionsignal.core.parallel import background_priority
 from lesionsignal.core.progress import progress_bar
-from lesionsignal.data.images import ImageItem, load_canvases
+from lesionsignal.data.canvas_store import stored_canvases
+from lesionsignal.data.images import ImageItem
 from lesionsignal.data.manifest import repeats
+from lesionsignal.features.model_input import Change, View
 from lesionsignal.features.pools import FeatureSource
 from lesionsignal.stimuli.convention import SPEC
-from lesionsignal.stimuli.inject import apply
+from lesionsignal.stimuli.inject import apply_patch
 from lesionsignal.stimuli.panel import Condition, panel
 from lesionsignal.stimuli.placement import Placement
 
@@ -169,15 +172,15 @@ class ExtractionReport:
         return self.images_encoded / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _perturb(
-    canvases: np.ndarray, unit: Unit, chunk: Sequence[ImageItem], placement: Placement, pool: ThreadPoolExecutor
-) -> np.ndarray:
+def _changes(clean: View, unit: Unit, plan: Plan, pool: ThreadPoolExecutor) -> list[Change]:
+    """Each image's perturbation by the unit's condition, as its box and new pixels (no canvas is copied)."""
     condition = unit.condition
     assert condition is not None
+    chunk, placement = plan.chunks[unit.chunk], plan.placement
 
-    def one(i: int) -> np.ndarray:
-        result = apply(
-            canvases[i],
+    def one(i: int) -> Change:
+        result = apply_patch(
+            clean.canvases[i],
             condition,
             chunk[i].image_id,
             margin=placement.margin,
@@ -186,14 +189,14 @@ def _perturb(
         )
         if (result.box,) != unit.boxes[i]:
             raise ExtractionError(f"{condition.name} / {chunk[i].image_id}: patch at {result.box}, planned elsewhere")
-        return result.image
+        return Change(result.box.as_tuple(), result.patch)
 
-    return np.stack(list(pool.map(one, range(len(chunk)))))
+    return list(pool.map(one, range(len(chunk))))
 
 
-def unit_arrays(source: FeatureSource, images: np.ndarray, unit: Unit, chunk: Sequence[ImageItem]) -> dict:
+def unit_arrays(source: FeatureSource, view: View, unit: Unit, chunk: Sequence[ImageItem]) -> dict:
     """One unit's file: image ids, global pools per image, and the local pool at each (image, box) row."""
-    pooled = source.pool(images, [list(b) for b in unit.boxes])
+    pooled = source.pool(view, [list(b) for b in unit.boxes])
     arrays = {str(name): np.asarray(v, dtype=np.float32) for name, v in pooled.global_pools.items()}
     flat = [b.as_tuple() for image_boxes in unit.boxes for b in image_boxes]
     if pooled.local.shape[0] != len(flat):
@@ -229,10 +232,15 @@ def run_extraction(
     workers: int = 2,
     progress: bool = True,
     on_unit_done: Callable[[Unit], None] | None = None,
+    canvases: Store[np.ndarray] | None = None,
 ) -> list[ExtractionReport]:
     """Compute every missing unit of this shard; each (chunk, view) is decoded and perturbed once for all sources.
 
-    While the models run, a second thread prepares the next (chunk, view): decoding a new chunk, perturbing it.
+    Three threads keep the model busy: while the models run on one view, a second thread prepares the next (decoding
+    a new chunk, perturbing it, resizing and normalising it for every encoder) and a third writes the previous
+    unit's file. Those threads run at the lowest CPU priority (``core.parallel.background_priority``), so they use
+    the cycles the model leaves rather than taking cores from it. With ``canvases`` (``data.canvas_store``), a
+    chunk's canvases are read from the store where an earlier run or another shard decoded them.
     """
     _check_jobs(jobs, shard)
     index, count = shard
@@ -255,35 +263,52 @@ def run_extraction(
     total = sum(len(first.chunks[chunk]) * len(pending[(chunk, name)]) for chunk, name in tasks)
     label = first.source_id if len(jobs) == 1 else f"{len(jobs)} sources"
     bar = progress_bar(total, f"{label} / {first.cohort}", "img", progress)
-    decoded: dict[int, np.ndarray] = {}
-    # Two executors: per-image work fans out on `pool`; `ahead` prepares the next task and waits on `pool`, so it
-    # must not hold one of pool's threads (with one worker that would deadlock).
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+    clean_views: dict[int, View] = {}
+    sources = [source for source, _ in jobs]
+    # Per-image work fans out on `pool`; `ahead` prepares the next view and waits on `pool`, so it must not hold
+    # one of pool's threads (with one worker that would deadlock); `writer` saves one unit at a time.
+    low = {"initializer": background_priority}
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers), **low) as pool,
+        ThreadPoolExecutor(max_workers=1, **low) as ahead,
+        ThreadPoolExecutor(max_workers=1, **low) as writer,
+    ):
 
-        def prepare(task: tuple[int, str]) -> np.ndarray:
+        def prepare(task: tuple[int, str]) -> View:
             chunk_index, _ = task
-            if chunk_index not in decoded:
-                decoded.clear()  # only the chunk in hand and the next are ever held
-                decoded[chunk_index] = load_canvases(
-                    first.chunks[chunk_index], first.placement.canvas_size, pool, first.placement.switches.resample
-                )
-            canvases = decoded[chunk_index]
+            if chunk_index not in clean_views:
+                clean_views.clear()  # only the chunk in hand and the next are ever held
+                placement = first.placement
+                chunk = first.chunks[chunk_index]
+                decoded = stored_canvases(chunk, placement.canvas_size, pool, placement.switches.resample, canvases)
+                clean_views[chunk_index] = View(decoded)
+            clean = clean_views[chunk_index]
             unit = pending[task][0][1]
-            if unit.condition is None:
-                return canvases
-            return _perturb(canvases, unit, first.chunks[chunk_index], first.placement, pool)
+            view = clean if unit.condition is None else View.perturbed(clean, _changes(clean, unit, first, pool))
+            for source in sources:
+                source.prepare(view)
+            return view
+
+        def save(unit: Unit, arrays: dict) -> None:
+            store.write(unit.key, arrays)
+            if on_unit_done is not None:
+                on_unit_done(unit)
 
         upcoming: Future | None = ahead.submit(prepare, tasks[0]) if tasks else None
+        saving: Future | None = None
         for position, task in enumerate(tasks):
-            images = upcoming.result()
+            view = upcoming.result()
             upcoming = ahead.submit(prepare, tasks[position + 1]) if position + 1 < len(tasks) else None
             for j, unit in pending[task]:
                 source, plan = jobs[j]
-                store.write(unit.key, unit_arrays(source, images, unit, plan.chunks[unit.chunk]))
-                encoded[j] += len(images)
-                bar.update(len(images))
-                if on_unit_done is not None:
-                    on_unit_done(unit)
+                arrays = unit_arrays(source, view, unit, plan.chunks[unit.chunk])
+                if saving is not None:
+                    saving.result()  # one write in flight: a failed write stops the run at the next unit
+                saving = writer.submit(save, unit, arrays)
+                encoded[j] += len(view)
+                bar.update(len(view))
+        if saving is not None:
+            saving.result()
     bar.close()
     seconds = time.perf_counter() - started
     return [

@@ -311,14 +311,22 @@ def check_structure(spec: EncoderSpec, module: torch.nn.Module) -> None:
         raise EncoderMismatch(f"{spec.id} ({spec.source}): {'; '.join(diffs)}")
 
 
-def build_module(spec: EncoderSpec, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """The spec's module: built from ``seed`` (random-init specs) or loaded from its source, not yet moved."""
+def build_module(
+    spec: EncoderSpec, dtype: torch.dtype, seed: int, build_device: torch.device | None = None
+) -> torch.nn.Module:
+    """The spec's module: built from ``seed`` (random-init specs) or loaded from its source, not yet moved.
+
+    ``build_device`` builds a random-init module directly on that device (a 7B model initialised on the CPU takes
+    minutes); its weights then differ from a CPU build with the same seed, so this is for benchmarks only.
+    """
     ensure_torchvision()  # transformers' and timm's vision code import torchvision
     refused = precision_problem(spec, dtype)
     if refused:
         raise UnsupportedPrecision(refused)
     if spec.random_init:
-        with torch.random.fork_rng(devices=[]):  # seeds the build without disturbing the caller's generator
+        device = build_device or torch.device("cpu")
+        accelerators = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=accelerators), device:  # the caller's generators are left as they were
             torch.manual_seed(seed)
             return _BUILDERS[spec.kind](spec)
     return _LOADERS[spec.kind](_available(spec), dtype)

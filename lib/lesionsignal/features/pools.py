@@ -15,12 +15,14 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import torch
 
 from lesionsignal.core.box import Box, centred_window
 from lesionsignal.core.digests import stable_digest
 from lesionsignal.core.kinds import Pool
 from lesionsignal.features.encoder import Encoder
 from lesionsignal.features.geometry import BoxOutsideCrop
+from lesionsignal.features.model_input import View
 
 RAW_GLOBAL_SIDE = 64  # area-downsampled whole image: 4,096 features
 RAW_ORACLE_SIDE = 32  # window centred on the known patch: 1,024 features
@@ -54,7 +56,11 @@ class FeatureSource(Protocol):
         """Whether a local vector exists at ``box`` (an encoder's centre crop may cut it away entirely)."""
         ...
 
-    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled: ...
+    def prepare(self, view: View) -> None:
+        """Compute ahead what ``pool`` will need of ``view`` (called off the model's critical path)."""
+        ...
+
+    def pool(self, view: View, boxes: Sequence[Sequence[Box]]) -> Pooled: ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,11 @@ class RawPixels:
     def can_pool(self, box: Box, canvas_size: int) -> bool:
         return True  # pixel windows are shifted onto the canvas, never lost
 
-    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled:
+    def prepare(self, view: View) -> None:
+        pass  # pixels need no model input
+
+    def pool(self, view: View, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        canvases = view.canvases
         side = canvases.shape[-1]
         small = [cv2.resize(c, (self.global_side, self.global_side), interpolation=cv2.INTER_AREA) for c in canvases]
         global_raw = np.stack(small).reshape(len(canvases), -1).astype(np.float32) / 255.0
@@ -140,26 +150,55 @@ class EncoderFeatures:
             return False
         return True
 
-    def pool(self, canvases: np.ndarray, boxes: Sequence[Sequence[Box]]) -> Pooled:
-        import torch
+    def prepare(self, view: View) -> None:
+        view.pixels(self.encoder.spec.geometry, self.encoder.device)
 
+    def pool(self, view: View, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        """Batches of the view's model input are encoded and pooled on the encoder's device; only the pooled vectors
+        come back to the host, in one copy per pool."""
         geometry = self.encoder.spec.geometry
-        canvas_size = canvases.shape[-1]
-        masks = [
-            [torch.from_numpy(geometry.token_mask(b, canvas=canvas_size)) for b in image_boxes] for image_boxes in boxes
-        ]
+        device = self.encoder.device
+        pixels = view.pixels(geometry, device)
+        canvas_size = view.canvas_size
+        masks = [[geometry.token_mask(b, canvas=canvas_size) for b in image_boxes] for image_boxes in boxes]
         cls_parts, mean_parts, local_parts = [], [], []
-        for start in range(0, len(canvases), self.batch_size):
-            out = self.encoder.encode(canvases[start : start + self.batch_size])
-            tokens = out.patch_tokens.float()
-            cls_parts.append(out.global_vec.float().cpu().numpy())
-            mean_parts.append(tokens.mean(dim=(1, 2)).cpu().numpy())
-            for offset in range(tokens.shape[0]):
-                for mask in masks[start + offset]:
-                    local_parts.append(tokens[offset][mask.to(tokens.device)].mean(dim=0).cpu().numpy())
-        dim = cls_parts[0].shape[1] if cls_parts else 0
-        local = np.stack(local_parts) if local_parts else np.zeros((0, dim), np.float32)
+        for start in range(0, len(pixels), self.batch_size):
+            global_vec, grid = self.encoder.tokens(pixels[start : start + self.batch_size])
+            tokens = grid.float()
+            cls_parts.append(global_vec.float())
+            mean_parts.append(tokens.mean(dim=(1, 2)))
+            local_parts.append(local_means(tokens, masks[start : start + len(tokens)]))
         return Pooled(
-            {Pool.CLS: np.concatenate(cls_parts), Pool.PATCH_MEAN: np.concatenate(mean_parts)},
-            local.astype(np.float32),
+            {Pool.CLS: _host(torch.cat(cls_parts)), Pool.PATCH_MEAN: _host(torch.cat(mean_parts))},
+            _host(torch.cat(local_parts)),
         )
+
+
+def local_means(
+    tokens: torch.Tensor, masks: Sequence[Sequence[np.ndarray]], batched: bool | None = None
+) -> torch.Tensor:
+    """(M, D): the mean token over each mask, images in order and each image's masks in order.
+
+    On the CPU each mean is taken over the selected tokens. On an accelerator the boolean selection would stop the
+    device once per box (its size must reach the host), so all means are one batched product with the masks as
+    weights instead: the same numbers up to the order of the additions. ``batched`` overrides the choice.
+    """
+    batch, grid, _, dim = tokens.shape
+    if not (tokens.device.type != "cpu" if batched is None else batched):
+        rows = [tokens[i][torch.from_numpy(m)].mean(dim=0) for i, own in enumerate(masks) for m in own]
+        return torch.stack(rows) if rows else tokens.new_zeros((0, dim))
+    most = max((len(own) for own in masks), default=0)
+    weights = np.zeros((batch, most, grid * grid), np.float32)
+    for i, own in enumerate(masks):
+        for k, m in enumerate(own):
+            flat = m.reshape(-1)
+            weights[i, k, flat] = 1.0 / flat.sum()
+    host = torch.from_numpy(weights)
+    w = (host.pin_memory() if torch.cuda.is_available() else host).to(tokens.device, non_blocking=True)
+    means = torch.bmm(w, tokens.reshape(batch, grid * grid, dim))  # (B, most, D)
+    keep = torch.tensor([i * most + k for i, own in enumerate(masks) for k in range(len(own))], dtype=torch.long)
+    return means.reshape(batch * most, dim)[keep.to(tokens.device)]
+
+
+def _host(values: object) -> np.ndarray:
+    return values.cpu().numpy().astype(np.float32, copy=False)  # type: ignore[attr-defined]

@@ -45,6 +45,11 @@ class Catalog:
         return self.cache / "units"
 
     @property
+    def canvases(self) -> Path:
+        """Decoded canvases of every cohort's images (``data.canvas_store``), shared by runs and shards."""
+        return self.cache / "canvases"
+
+    @property
     def probe_results(self) -> Path:
         """Detection-probe results per embedding file (``analysis.detection.probe_store``)."""
         return self.cache / "probes" / "detection"

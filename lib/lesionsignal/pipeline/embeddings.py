@@ -17,6 +17,7 @@ import pandas as pd
 from lesionsignal.config.params import Analysis, EncoderParams, Params
 from lesionsignal.core.cache import Store
 from lesionsignal.core.files import save_arrays
+from lesionsignal.data.canvas_store import canvas_store
 from lesionsignal.data.images import ImageItem
 from lesionsignal.features.encoder import load_encoder
 from lesionsignal.features.extraction import (
@@ -159,7 +160,8 @@ def extract(run: Run, jobs: Sequence[tuple[FeatureSource, Plan]], store: Store) 
     """The engine over ``jobs`` with the run's shard, workers and progress settings."""
     settings = run.params.extraction
     shard = (settings.shard_index, settings.shard_count)
-    return run_extraction(jobs, store, shard=shard, workers=settings.workers, progress=run.progress)
+    canvases = canvas_store(run.catalog.canvases) if settings.canvas_store else None
+    return run_extraction(jobs, store, shard=shard, workers=settings.workers, progress=run.progress, canvases=canvases)
 
 
 def compute(run: Run) -> bool:

@@ -40,6 +40,7 @@ from lesionsignal.config.params import (
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.files import atomic_write_text
 from lesionsignal.core.validate import ParamsError
+from lesionsignal.data.canvas_store import canvas_bytes
 from lesionsignal.data.manifest import MAX_SHOWN, Manifest, ManifestError
 from lesionsignal.data.registry import ct_paths
 from lesionsignal.data.summary import describe
@@ -269,7 +270,7 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
                 None if hours is None else round(hours, 4),
             )
         )
-    _check_disk(run, passes, report)
+    _check_disk(run, passes, _extracted_images(params, sizes), report)
 
 
 def _shown_source(spec: EncoderSpec, root: Path) -> str:
@@ -309,20 +310,32 @@ def _forward_passes(params: Params, sizes: dict[str, int]) -> int:
     return panel + lesions
 
 
-def _check_disk(run: Run, passes: int, report: Report) -> None:
+def _extracted_images(params: Params, sizes: dict[str, int]) -> int:
+    """Images the extraction decodes: every panel and lesion cohort's (the canvas store keeps each once)."""
+    cohorts = {c.name: c for c in (*params.cohorts_for(Analysis.PANEL), *params.cohorts_for(Analysis.LESIONS))}
+    return sum(sizes.get(name, cohort.n_images or 0) for name, cohort in cohorts.items())
+
+
+def _check_disk(run: Run, passes: int, images: int, report: Report) -> None:
     cache = run.catalog.cache
     existing = next(p for p in (cache, *cache.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     widths = sum(POOLS_STORED * plan.dim for plan in report.encoders) + RAW_WIDTH
-    needed = passes * widths * FLOAT_BYTES * COPIES
+    vectors = passes * widths * FLOAT_BYTES * COPIES
+    stored = run.params.extraction.canvas_store
+    canvases = canvas_bytes(images, run.params.panel.canvas_size) if stored else 0
     report.disk = {
         "cache": str(run.params.paths.cache),
         "free_gib": round(free / 2**30, 2),
-        "estimated_vectors_gib": round(needed / 2**30, 3),
+        "estimated_vectors_gib": round(vectors / 2**30, 3),
+        "canvas_store_gib": round(canvases / 2**30, 3),
     }
+    needed = vectors + canvases
     if needed > free:
-        message = f"about {needed / 2**30:.1f} GiB of vectors to store; {free / 2**30:.1f} GiB free"
-        report.add(Severity.FATAL, "paths.cache", message)
+        what = f"about {vectors / 2**30:.1f} GiB of vectors"
+        if canvases:
+            what += f" and {canvases / 2**30:.1f} GiB of decoded canvases (extraction.canvas_store: false saves them)"
+        report.add(Severity.FATAL, "paths.cache", f"{what} to store; {free / 2**30:.1f} GiB free")
 
 
 def write_report(report: Report, folder: Path) -> tuple[Path, Path]:

@@ -253,6 +253,53 @@ def check_canvas(canvas: np.ndarray) -> None:
         raise PanelError(f"canvas must be a 2-D square uint8 array, got shape {canvas.shape} dtype {canvas.dtype}")
 
 
+@dataclass(frozen=True, eq=False)
+class PerturbedPatch:
+    """What a condition changes: the box and its new pixels (every family writes inside its box only)."""
+
+    patch: np.ndarray  # (box.height, box.width) uint8
+    box: Box
+    condition: str
+
+
+def context_radius(condition: Condition) -> int:
+    """How far outside its box a condition reads the canvas: a filter's half-width, else nothing."""
+    if condition.family is Family.ISO_BLUR:
+        assert condition.kernel is not None
+        return condition.kernel // 2
+    if condition.family is Family.DIRECTIONAL_BLUR:
+        assert condition.length is not None
+        return condition.length // 2
+    return 0
+
+
+def apply_patch(
+    canvas: np.ndarray,
+    condition: Condition | str,
+    file_basename: str,
+    *,
+    margin: float = 0.15,
+    base_seed: int = 42,
+    switches: PanelSwitches = SPEC,
+) -> PerturbedPatch:
+    """The box ``apply`` would perturb and its new pixels, computed on the box and the context the condition reads
+    around it, without copying the canvas (the extraction engine perturbs 30 conditions of every image)."""
+    cond = condition if isinstance(condition, Condition) else get_condition(condition)
+    check_canvas(canvas)
+    try:
+        box, rng = place(file_basename, cond.patch, canvas.shape[0], margin, base_seed, switches.placement)
+    except PanelError as err:
+        raise PanelError(f"canvas of shape {canvas.shape} dtype {canvas.dtype}: {err}") from None
+    # The crop reaches the canvas edge wherever the context would pass it, so a filter's border rule sees what it
+    # sees on the whole canvas.
+    reach = context_radius(cond)
+    y0, x0 = max(0, box.y1 - reach), max(0, box.x1 - reach)
+    y1, x1 = min(canvas.shape[0], box.y2 + reach), min(canvas.shape[1], box.x2 + reach)
+    local = Box(box.x1 - x0, box.y1 - y0, box.x2 - x0, box.y2 - y0)
+    out = inject_at(np.ascontiguousarray(canvas[y0:y1, x0:x1]), cond, local, rng, switches)
+    return PerturbedPatch(patch=out[local.slices()].copy(), box=box, condition=cond.name)
+
+
 def apply(
     canvas: np.ndarray,
     condition: Condition | str,
@@ -267,10 +314,7 @@ def apply(
     The generator that drew the location goes on to draw the condition's random values, so the whole result
     is a function of (canvas, condition, basename, margin, base_seed, switches).
     """
-    cond = condition if isinstance(condition, Condition) else get_condition(condition)
-    check_canvas(canvas)
-    try:
-        box, rng = place(file_basename, cond.patch, canvas.shape[0], margin, base_seed, switches.placement)
-    except PanelError as err:
-        raise PanelError(f"canvas of shape {canvas.shape} dtype {canvas.dtype}: {err}") from None
-    return Perturbed(image=inject_at(canvas, cond, box, rng, switches), box=box, condition=cond.name)
+    changed = apply_patch(canvas, condition, file_basename, margin=margin, base_seed=base_seed, switches=switches)
+    image = canvas.copy()
+    image[changed.box.slices()] = changed.patch
+    return Perturbed(image=image, box=changed.box, condition=changed.condition)
