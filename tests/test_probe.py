@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from lesionsignal.analysis import probe_solver
 from lesionsignal.analysis.probe import (
     Precision,
     ProbeConfig,
+    ProbeConvergenceWarning,
     ProbeError,
     ProbeResult,
     Solver,
@@ -63,6 +66,56 @@ def _independent(n: int, dim: int, prevalence: float, seed: int, strength: float
     return x_all[:n], y_all[:n], np.arange(n), x_all[n:], y_all[n:]
 
 
+def _pixels(n_images: int, side: int, signal: float, seed: int) -> Data:
+    """Raw-pixel-like rows (the global baseline): smooth blobs on a side x side image, so neighbouring pixels are
+    strongly correlated and rows are fewer than features; a small bright lesion on the positives; one group per
+    two images (a patient)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side] / side
+    lesion = np.exp(-((xx - 0.6) ** 2 + (yy - 0.4) ** 2) / 0.05**2)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        images = np.zeros((n, side, side))
+        for _ in range(6):
+            cx, cy, width = rng.uniform(0, 1, size=(3, n, 1, 1))
+            images += rng.uniform(0.2, 1, (n, 1, 1)) * np.exp(
+                -((xx - cx) ** 2 + (yy - cy) ** 2) / (0.1 + 0.3 * width) ** 2
+            )
+        labels = rng.integers(0, 2, n)
+        images += signal * labels[:, None, None] * lesion + 0.05 * rng.normal(size=images.shape)
+        return 255 * np.clip(images, 0, None).reshape(n, -1), labels
+
+    x, y = draw(n_images)
+    x_test, y_test = draw(n_images // 2)
+    return x, y, np.arange(n_images) // 2, x_test, y_test
+
+
+def _awkward_columns(data: Data) -> Data:
+    """Adds constant columns, a column constant inside most folds' training rows but not overall, a binary column
+    and two exact copies of existing columns."""
+    x, y, g, x_test, y_test = data
+
+    def extra(a: np.ndarray, seed: int) -> np.ndarray:
+        cols = np.zeros((a.shape[0], 4))
+        cols[:, 1] = 3.0
+        cols[: a.shape[0] // 7, 2] = 1.0
+        cols[:, 3] = np.random.default_rng(seed).integers(0, 2, a.shape[0])
+        return np.hstack([a, cols, a[:, :2]])
+
+    return extra(x, 0), y, g, extra(x_test, 1), y_test
+
+
+def _few_positives(n: int, dim: int, positives: int, seed: int) -> Data:
+    """Independent rows with only `positives` positive training rows (enough for 5 folds, barely)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + n // 2, dim))
+    y = np.zeros(x.shape[0], dtype=int)
+    y[rng.choice(n, positives, replace=False)] = 1
+    y[n + rng.choice(n // 2, positives, replace=False)] = 1
+    x[y == 1, :3] += 1.5
+    return x[:n], y[:n], np.arange(n), x[n:], y[n:]
+
+
 PROBLEMS = {
     "small_d_clear": lambda: _twins(150, 8, 0.8, seed=1),
     "noisy_d64": lambda: _twins(160, 64, 3.0, seed=2, noise=1.0),
@@ -70,11 +123,31 @@ PROBLEMS = {
     "imbalanced_d32": lambda: _independent(500, 32, 0.12, seed=4),
     "sharp_d16": lambda: _independent(600, 16, 0.5, seed=5, strength=20.0),
 }
+# Cases the FAST solver was not tuned on: other seeds and shapes, near-separable rows, a class of six rows,
+# rows fewer than features (raw pixels, the reduced form), rows equal to features, degenerate columns.
+UNSEEN = {
+    "twins_seed11_d96": lambda: _twins(180, 96, 1.5, seed=11, noise=0.8),
+    "twins_rows_eq_features": lambda: _twins(200, 400, 3.0, seed=14, noise=1.0),
+    "separable_seed16_d50": lambda: _independent(400, 50, 0.5, seed=16, strength=40.0),
+    "six_positives": lambda: _few_positives(400, 40, 6, seed=17),
+    "imbalanced_3pct": lambda: _independent(1500, 24, 0.03, seed=15),
+    "pixels_300x1024": lambda: _pixels(300, 32, 0.5, seed=18),
+    "pixels_300x4096": lambda: _pixels(300, 64, 3.0, seed=19),
+    "awkward_columns_d38": lambda: _awkward_columns(_twins(150, 32, 1.0, seed=21)),
+    "awkward_columns_reduced": lambda: _awkward_columns(_twins(120, 600, 2.0, seed=22)),
+    "offset_1e6_scale_1e3": lambda: _affine(_twins(150, 16, 1.0, seed=23), 1e3, 1e6),
+    "pure_noise_d100": lambda: _independent(600, 100, 0.5, seed=24, strength=0.0),
+}
 
 
-@pytest.mark.parametrize("name", list(PROBLEMS))
+def _affine(data: Data, scale: float, offset: float) -> Data:
+    x, y, g, x_test, y_test = data
+    return scale * x + offset, y, g, scale * x_test + offset, y_test
+
+
+@pytest.mark.parametrize("name", [*PROBLEMS, *UNSEEN])
 def test_fast_solver_agrees_with_sklearn(name: str) -> None:
-    data = PROBLEMS[name]()
+    data = {**PROBLEMS, **UNSEEN}[name]()
     fast = fit_probe(*data, config=ProbeConfig(solver=Solver.FAST))
     reference = fit_probe(*data, config=ProbeConfig(solver=Solver.SKLEARN))
     assert abs(fast.auc - reference.auc) < 0.002
@@ -82,6 +155,40 @@ def test_fast_solver_agrees_with_sklearn(name: str) -> None:
         assert abs(fast.cv_auc[c] - reference.cv_auc[c]) < 0.002
     assert fast.best_c == reference.best_c
     np.testing.assert_allclose(fast.test_scores, reference.test_scores, rtol=0, atol=0.02)
+
+
+@pytest.mark.parametrize("name", ["noisy_d64", "six_positives", "pixels_300x1024"])
+def test_fast_solver_agrees_with_sklearn_on_other_settings(name: str) -> None:
+    data = {**PROBLEMS, **UNSEEN}[name]()
+    config = ProbeConfig(c_grid=(0.003, 0.3, 30.0), folds=3, seed=7)
+    fast = fit_probe(*data, config=config)
+    reference = fit_probe(*data, config=replace(config, solver=Solver.SKLEARN))
+    assert max(abs(fast.cv_auc[c] - reference.cv_auc[c]) for c in fast.cv_auc) < 0.002
+    assert abs(fast.auc - reference.auc) < 0.002 and fast.best_c == reference.best_c
+
+
+def test_both_solvers_meet_at_the_minimiser_where_default_tol_leaves_sklearn_short() -> None:
+    # C = 1000 on separable folds: the objective is so flat that scikit-learn's default tol=1e-6 stops it
+    # 2e-3 of CV AUC from its own tightly converged answer; converged, the two solvers give the same AUCs.
+    data = UNSEEN["twins_rows_eq_features"]()
+    config = ProbeConfig(c_grid=(1000.0,), folds=3, tol=1e-10, max_iter=50_000)
+    fast = fit_probe(*data, config=config)
+    reference = fit_probe(*data, config=replace(config, solver=Solver.SKLEARN))
+    assert abs(fast.cv_auc[1000.0] - reference.cv_auc[1000.0]) < 1e-6 and abs(fast.auc - reference.auc) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["separable_d512", "awkward_columns_reduced", "pixels_300x1024"])
+def test_reduced_form_gives_the_primal_model(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows < features are solved on the rows' span; forced onto the features, the fit is the same model."""
+    data = {**PROBLEMS, **UNSEEN}[name]()
+    assert data[0].shape[0] < data[0].shape[1]
+    reduced = fit_probe(*data)
+    monkeypatch.setattr(probe_solver, "_prefers_reduced", lambda n_rows, n_features: False)
+    primal = fit_probe(*data)
+    assert reduced.best_c == primal.best_c
+    assert max(abs(reduced.cv_auc[c] - primal.cv_auc[c]) for c in reduced.cv_auc) < 1e-6
+    scale = np.abs(primal.test_scores).max()
+    np.testing.assert_allclose(reduced.test_scores, primal.test_scores, rtol=0, atol=1e-4 * scale)
 
 
 def test_float32_fast_solver_stays_close() -> None:
@@ -99,8 +206,9 @@ def test_fast_solver_on_gpu_matches_cpu() -> None:
     assert abs(gpu.auc - cpu.auc) < 1e-6 and gpu.best_c == cpu.best_c
 
 
-def test_fast_solver_is_deterministic() -> None:
-    data = PROBLEMS["noisy_d64"]()
+@pytest.mark.parametrize("name", ["noisy_d64", "pixels_300x1024"])
+def test_fast_solver_is_deterministic(name: str) -> None:
+    data = {**PROBLEMS, **UNSEEN}[name]()
     first = fit_probe(*data)
     second = fit_probe(*data)
     assert first.test_scores.tobytes() == second.test_scores.tobytes()
@@ -121,6 +229,31 @@ def test_folds_never_split_a_group() -> None:
         assert set(y[train]) == set(y[val]) == {0, 1}
     again = grouped_stratified_folds(y, groups, n_folds=5, seed=42)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 5, 7, 8])
+def test_folds_are_scikit_learns(n_folds: int) -> None:
+    """The fast fold maker reproduces StratifiedGroupKFold(shuffle=True) exactly, ties included."""
+    rng = np.random.default_rng(n_folds)
+    for trial in range(12):
+        n_groups = int(rng.integers(4 * n_folds, 300))
+        groups = np.repeat(rng.permutation(n_groups) * 3 + 7, rng.integers(1, 5, size=n_groups))
+        if trial % 3 == 0:  # twins: every group holds one row of each class, so every group ties
+            groups = np.repeat(np.arange(n_groups), 2)
+            y = np.tile([0, 1], n_groups)
+        else:
+            y = (rng.random(groups.size) < rng.uniform(0.15, 0.85)).astype(int)
+        if min(np.unique(groups[y == c]).size for c in (0, 1)) < n_folds:
+            continue
+        seed = int(rng.integers(0, 10_000))
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        expected = [val for _, val in splitter.split(np.zeros(y.size), y, groups)]
+        try:
+            folds = grouped_stratified_folds(y, groups, n_folds, seed)
+        except ProbeError:  # a fold with one class: refused, scikit-learn's folds must show it
+            assert any(np.unique(y[val]).size < 2 or np.unique(np.delete(y, val)).size < 2 for val in expected)
+            continue
+        assert all(np.array_equal(val, exp) for (_, val), exp in zip(folds, expected, strict=True))
 
 
 def test_folds_refuse_too_few_groups_and_bad_groups() -> None:
@@ -203,6 +336,11 @@ def test_constant_feature_gives_no_nan_and_zero_weight() -> None:
     assert np.isfinite(fast.test_scores).all() and fast.model.scale[-1] == 1.0
     assert abs(fast.model.coef[-1]) < 1e-12
     assert abs(fast.auc - reference.auc) < 0.002
+
+
+def test_running_out_of_iterations_warns() -> None:
+    with pytest.warns(ProbeConvergenceWarning, match="max_iter=1"):
+        fit_probe(*PROBLEMS["noisy_d64"](), config=ProbeConfig(max_iter=1))
 
 
 def test_threshold_max_f1_hand_example() -> None:

@@ -1,17 +1,17 @@
 """The linear probe of protocol section 4: standardise, class-balanced L2 logistic regression, C by grouped CV.
 
 Two solvers give the same fit. SKLEARN is the plain scikit-learn loop (one LogisticRegression per C and fold).
-FAST solves every (C, fold) problem and every refit at once with a batched truncated-Newton method in torch.
-It never builds a per-fold standardised copy of the data: standardising with the fold's own mean and scale is
-an affine change of coordinates, so each problem is posed on ONE matrix standardised with the training-set
-statistics, with the fold's scale ratio moved into a per-feature L2 weight. The minimiser is the same model.
+FAST solves every (C, fold) problem and every refit at once with a batched truncated-Newton method in torch
+(`probe_solver`: one standardised matrix for all problems, a Gram preconditioner when rows >= features, the
+rows' span when rows < features). Both use the same folds, which `grouped_stratified_folds` computes as
+scikit-learn's StratifiedGroupKFold does, in a fraction of its time.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,14 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
+from lesionsignal.analysis.probe_solver import Parts, solve
 from lesionsignal.analysis.stats import as_binary_labels, auc
 from lesionsignal.core.validate import FieldError
-
-_ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
-_MAX_HALVINGS = 40
-
-# (directions of the live problems, their column indices) -> Hessian times those directions
-HessianProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ProbeError(ValueError):
@@ -128,19 +123,70 @@ def _check_labels(y: object, n_rows: int, name: str) -> np.ndarray:
     return labels
 
 
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and population std; an exactly constant column gets scale 1 so it maps to 0, not NaN."""
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    constant = x.max(axis=0) == x.min(axis=0)
-    scale[constant] = 1.0
-    return mean, scale
+# StratifiedGroupKFold's greedy pass sums each class's n_folds fold shares in order; numpy sums fewer than
+# 8 numbers in order too, so up to 7 folds Python floats reproduce it bit for bit (tests compare the folds).
+_MAX_REPLICATED_FOLDS = 7
 
 
-def _balanced_weights(y: np.ndarray) -> np.ndarray:
-    """n / (2 n_c) per row, as scikit-learn's class_weight="balanced"; the weights sum to n."""
-    counts = np.bincount(y, minlength=2).astype(np.float64)
-    return (y.size / (2.0 * counts))[y]
+def _fold_of_row(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """The validation fold of each row, exactly as StratifiedGroupKFold(shuffle=True, random_state=seed).
+
+    scikit-learn spends a few numpy calls per group and candidate fold (1.5 s for 6,400 groups, a third of a
+    whole probe fit); this is its algorithm with the per-group step on Python floats, in the same order of
+    operations, so ties (common: twin groups are all alike) break the same way.
+    """
+    if n_folds > _MAX_REPLICATED_FOLDS:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        fold_of_row = np.empty(labels.size, dtype=np.intp)
+        for k, (_, val) in enumerate(splitter.split(np.zeros(labels.size), labels, groups)):
+            fold_of_row[val] = k
+        return fold_of_row
+    _, class_of_row, class_totals = np.unique(labels, return_inverse=True, return_counts=True)
+    _, group_of_row, group_sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    n_groups = group_sizes.size
+    counts = np.zeros((n_groups, class_totals.size))
+    np.add.at(counts, (group_of_row, class_of_row), 1)
+    perm = np.arange(n_groups)
+    np.random.RandomState(seed).shuffle(perm)
+    counts = counts[perm]
+    order = np.argsort(-np.std(counts, axis=1), kind="stable")
+    totals = class_totals.astype(np.float64).tolist()
+    fold_counts = [[0.0] * len(totals) for _ in range(n_folds)]
+    fold_of_group = np.empty(n_groups, dtype=np.intp)
+    for g in order.tolist():
+        best = _best_fold(fold_counts, totals, counts[g].tolist())
+        fold_counts[best] = [c + a for c, a in zip(fold_counts[best], counts[g].tolist(), strict=True)]
+        fold_of_group[perm[g]] = best
+    return fold_of_group[group_of_row]
+
+
+def _best_fold(fold_counts: list[list[float]], totals: list[float], add: list[float]) -> int:
+    """scikit-learn's _find_best_fold: lowest mean over classes of the std of the folds' class shares."""
+    k = float(len(fold_counts))
+    best, min_eval, min_samples = -1, math.inf, math.inf
+    for i in range(len(fold_counts)):
+        stds = []
+        for j, total in enumerate(totals):
+            shares = [(row[j] + add[j] if f == i else row[j]) / total for f, row in enumerate(fold_counts)]
+            mean = 0.0
+            for s in shares:
+                mean += s
+            mean /= k
+            sq = 0.0
+            for s in shares:
+                sq += (s - mean) * (s - mean)
+            stds.append(math.sqrt(sq / k))
+        fold_eval = 0.0
+        for s in stds:
+            fold_eval += s
+        fold_eval /= len(stds)
+        samples = 0.0
+        for c in fold_counts[i]:
+            samples += c
+        close = abs(fold_eval - min_eval) <= 1e-8 + 1e-5 * abs(min_eval)  # np.isclose's defaults
+        if fold_eval < min_eval or (close and samples < min_samples):
+            best, min_eval, min_samples = i, fold_eval, samples
+    return best
 
 
 def grouped_stratified_folds(y: object, groups: object, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -155,11 +201,13 @@ def grouped_stratified_folds(y: object, groups: object, n_folds: int, seed: int)
         n_groups = np.unique(group_arr[labels == cls]).size
         if n_groups < n_folds:
             raise ProbeError(f"groups: class {cls} occurs in only {n_groups} group(s), fewer than the {n_folds} folds")
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold_of_row = _fold_of_row(labels, group_arr, n_folds, seed)
     folds = []
-    for k, (train, val) in enumerate(splitter.split(np.zeros(labels.size), labels, group_arr)):
-        for part, rows in (("training", train), ("validation", val)):
-            if np.unique(labels[rows]).size < 2:
+    rows = np.arange(labels.size)
+    for k in range(n_folds):
+        train, val = rows[fold_of_row != k], rows[fold_of_row == k]
+        for part, rows_k in (("training", train), ("validation", val)):
+            if np.unique(labels[rows_k]).size < 2:
                 raise ProbeError(f"groups: fold {k} {part} part holds one class only; use fewer folds")
         folds.append((train, val))
     return folds
@@ -200,130 +248,6 @@ def _torch_setup(config: ProbeConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def _objective(z: torch.Tensor, v: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pen: torch.Tensor) -> torch.Tensor:
-    """Per-problem weighted log-loss plus half the weighted squared norm (weights pre-normalised)."""
-    log_loss = torch.nn.functional.softplus(z) - y[:, None] * z
-    return (w * log_loss).sum(dim=0) + 0.5 * (pen * v * v).sum(dim=0)
-
-
-def _conjugate_gradient(hvp: HessianProduct, rhs: torch.Tensor, live: torch.Tensor, rtol: torch.Tensor) -> torch.Tensor:
-    """CG on every live column of rhs at once; each column stops at its own ||r|| <= rtol ||rhs||.
-
-    No preconditioner: on standardised features the Hessian diagonal is nearly constant, and Jacobi scaling
-    was measured not to reduce the iteration count.
-    """
-    step = torch.zeros_like(rhs)
-    residual = torch.where(live, rhs, torch.zeros_like(rhs))
-    target = rtol * rhs.norm(dim=0)
-    live = live & (residual.norm(dim=0) > target)
-    direction = residual.clone()
-    rho = (residual * residual).sum(dim=0)
-    for _ in range(rhs.shape[0]):
-        cols = torch.nonzero(live).flatten()
-        if cols.numel() == 0:
-            break
-        d = direction[:, cols]
-        hd = hvp(d, cols)
-        alpha = rho[cols] / (d * hd).sum(dim=0)
-        step[:, cols] += alpha * d
-        residual[:, cols] -= alpha * hd
-        r = residual[:, cols]
-        rho_new = (r * r).sum(dim=0)
-        direction[:, cols] = r + (rho_new / rho[cols]) * d
-        rho[cols] = rho_new
-        live[cols] = rho_new.sqrt() > target[cols]
-    return step
-
-
-def _gradient(
-    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pen: torch.Tensor, v: torch.Tensor, z: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of `_objective` per problem, and the fitted probabilities it used."""
-    prob = torch.sigmoid(z)
-    return x.T @ (w * (prob - y[:, None])) + pen * v, prob
-
-
-def _batched_newton(
-    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pen: torch.Tensor, max_iter: int, tol: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise, per column k: sum_i w_ik logloss(y_i, x_i . v_k) + 0.5 sum_j pen_jk v_jk^2.
-
-    x carries a ones column for the intercept (pen 0 there). Truncated Newton: CG solves of the Newton system
-    with Hessian-vector products (two matrix products over all live problems), Armijo backtracking per
-    problem. Returns the coefficients (features + 1, problems) and a per-problem flag: False where max_iter
-    ran out with the gradient's largest entry still above tol.
-    """
-    n_problems = w.shape[1]
-    v = torch.zeros(x.shape[1], n_problems, dtype=x.dtype, device=x.device)
-    z = x @ v
-    loss = _objective(z, v, y, w, pen)
-    done = torch.zeros(n_problems, dtype=torch.bool, device=x.device)
-    for _ in range(max_iter):
-        grad, prob = _gradient(x, y, w, pen, v, z)
-        done |= grad.abs().amax(dim=0) <= tol
-        if bool(done.all()):
-            break
-        curvature = w * prob * (1.0 - prob)
-
-        def hvp(d: torch.Tensor, cols: torch.Tensor, curvature=curvature) -> torch.Tensor:
-            return x.T @ (curvature[:, cols] * (x @ d)) + pen[:, cols] * d
-
-        rtol = torch.clamp(grad.norm(dim=0).sqrt(), max=0.5)
-        step = _conjugate_gradient(hvp, -grad, ~done, rtol)
-        z_step = x @ step
-        slope = (grad * step).sum(dim=0)
-        t = torch.ones(n_problems, dtype=x.dtype, device=x.device)
-        pending = ~done
-        for _ in range(_MAX_HALVINGS):
-            trial = _objective(z + t * z_step, v + t * step, y, w, pen)
-            accept = pending & (trial <= loss + _ARMIJO * t * slope)
-            v = torch.where(accept, v + t * step, v)
-            loss = torch.where(accept, trial, loss)
-            pending &= ~accept
-            if not bool(pending.any()):
-                break
-            t = torch.where(pending, 0.5 * t, t)
-        # No decrease at all along a descent direction: the problem sits at its floating-point floor
-        # (float32 on a GPU reaches it above tol); more iterations cannot move it.
-        done |= pending
-        z = x @ v
-    else:
-        done |= _gradient(x, y, w, pen, v, z)[0].abs().amax(dim=0) <= tol
-    return v, done
-
-
-def _fold_problems(
-    x_train: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], c_grid: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Standardised training matrix with a ones column, its mean/scale, per-problem row weights and L2 weights.
-
-    Problem order: for each C, one problem per fold, then the refit on all rows.
-    In a fold's own standardisation z = a * x_std + c with a = s_all / s_fold, so w . z = (a * w) . x_std
-    plus a constant, and the penalty ||w||^2 is sum (s_fold / s_all)^2 v^2 in shared coordinates v = a * w.
-    """
-    mean, scale = _standardiser(x_train)
-    n, d = x_train.shape
-    # Built in place: for 64k x 4096 rows one copy of the features is 2 GB.
-    x_aug = np.empty((n, d + 1))
-    np.subtract(x_train, mean, out=x_aug[:, :d])
-    x_aug[:, :d] /= scale
-    x_aug[:, d] = 1.0
-    parts = [*(train for train, _ in folds), np.arange(n)]
-    n_problems = len(c_grid) * len(parts)
-    weights = np.zeros((n, n_problems))
-    penalty = np.zeros((d + 1, n_problems))
-    for p, rows in enumerate(parts):
-        _, part_scale = _standardiser(x_train[rows])
-        ratio_sq = (part_scale / scale) ** 2
-        part_weights = _balanced_weights(y[rows])
-        for c_index, c in enumerate(c_grid):
-            k = c_index * len(parts) + p
-            # Dividing objective by the weight total (= row count) keeps tol on the scale of a mean loss.
-            weights[rows, k] = part_weights / rows.size
-            penalty[:d, k] = ratio_sq / (c * rows.size)
-    return x_aug, mean, scale, weights, penalty
-
-
 def _fast_fit(
     x_train: np.ndarray,
     y: np.ndarray,
@@ -332,29 +256,22 @@ def _fast_fit(
 ) -> tuple[np.ndarray, list[LinearProbeModel]]:
     """Out-of-fold decision values per C (C x n) and the refitted model per C, from one batched solve."""
     device, dtype = _torch_setup(config)
-    x_aug, mean, scale, weights, penalty = _fold_problems(x_train, y, folds, config.c_grid)
-    as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-    x_t = as_tensor(x_aug)
-    coefs, converged = _batched_newton(
-        x_t, as_tensor(y), as_tensor(weights), as_tensor(penalty), config.max_iter, config.tol
-    )
-    if not bool(converged.all()):
+    parts = Parts((*(train for train, _ in folds), np.arange(y.size)), tuple(val for _, val in folds))
+    mean, scale, solution = solve(x_train, y, parts, config.c_grid, config.max_iter, config.tol, dtype, device)
+    if solution.unconverged:
         warnings.warn(
-            f"FAST probe: {int((~converged).sum())} of {converged.numel()} problems stopped at "
+            f"FAST probe: {solution.unconverged} of {parts.count * len(config.c_grid)} problems stopped at "
             f"max_iter={config.max_iter} above tol={config.tol}",
             ProbeConvergenceWarning,
             stacklevel=3,
         )
-    coefs_np = coefs.to(device="cpu", dtype=torch.float64).numpy()
-    scores_all = (x_t @ coefs).to(device="cpu", dtype=torch.float64).numpy()
-    n_parts = len(folds) + 1
     oof = np.empty((len(config.c_grid), y.size))
-    models = []
-    for c_index in range(len(config.c_grid)):
-        for f, (_, val) in enumerate(folds):
-            oof[c_index, val] = scores_all[val, c_index * n_parts + f]
-        refit = coefs_np[:, c_index * n_parts + n_parts - 1]
-        models.append(LinearProbeModel(mean, scale, refit[:-1].copy(), float(refit[-1])))
+    for f, (_, val) in enumerate(folds):
+        oof[:, val] = solution.scores[val, f, :].T
+    models = [
+        LinearProbeModel(mean, scale, solution.refit_coef[:, i].copy(), float(solution.refit_intercept[i]))
+        for i in range(len(config.c_grid))
+    ]
     return oof, models
 
 
