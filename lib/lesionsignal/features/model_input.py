@@ -149,28 +149,49 @@ def block_for(bounds: Bounds, canvas: int, geometry: Geometry) -> Block:
     return Block(src=(x[0], y[0], x[1], y[1]), dst=(x[2], y[2], x[3], y[3]), keep=(x[4], y[4], x[5], y[5]))
 
 
+def _widened(block: Block, width: int, height: int, canvas: int, size: int) -> Block:
+    """``block`` grown to ``width`` x ``height`` output pixels (inward at the image's edge), still aligned."""
+    ratio = canvas // math.gcd(canvas, size), size // math.gcd(canvas, size)
+
+    def axis(lo: int, span: int) -> tuple[int, int, int, int]:
+        lo = min(lo, size - span)  # spans and lo are multiples of q, and so is size
+        return lo * ratio[0] // ratio[1], (lo + span) * ratio[0] // ratio[1], lo, lo + span
+
+    sx1, sx2, dx1, dx2 = axis(block.dst[0], width)
+    sy1, sy2, dy1, dy2 = axis(block.dst[1], height)
+    return Block(src=(sx1, sy1, sx2, sy2), dst=(dx1, dy1, dx2, dy2), keep=block.keep)
+
+
 def resize_changed(
     clean_resized: torch.Tensor, clean: np.ndarray, changes: Sequence[Change], geometry: Geometry
 ) -> torch.Tensor:
     """The resize of the clean canvases with ``changes`` applied, from the resize of the clean ones: per image, only
-    the aligned block around the changed pixels is resized again."""
+    the aligned block around the changed pixels is resized again. The blocks are widened to one size so that a
+    single resize call does them all (a panel condition's patches all have one size)."""
     fn, mode = _resize_fn(geometry)
     out = clean_resized.clone()
-    canvas = clean.shape[-1]
-    for i, change in enumerate(changes):
-        changed = change.bounds(clean[i])
-        if changed is None:
-            continue
-        block = block_for(changed, canvas, geometry)
+    canvas, size = clean.shape[-1], geometry.resize
+    found = [(i, change.bounds(clean[i])) for i, change in enumerate(changes)]
+    blocks = {i: block_for(bounds, canvas, geometry) for i, bounds in found if bounds is not None}
+    if not blocks:
+        return out
+    width = max(b.dst[2] - b.dst[0] for b in blocks.values())
+    height = max(b.dst[3] - b.dst[1] for b in blocks.values())
+    blocks = {i: _widened(b, width, height, canvas, size) for i, b in blocks.items()}
+    first = next(iter(blocks.values()))
+    pixels = np.empty((len(blocks), first.src[3] - first.src[1], first.src[2] - first.src[0]), np.uint8)
+    for row, (i, block) in enumerate(blocks.items()):
         sx1, sy1, sx2, sy2 = block.src
-        dx1, dy1, dx2, dy2 = block.dst
+        pixels[row] = clean[i, sy1:sy2, sx1:sx2]
+        changes[i].paste(pixels[row], (sx1, sy1))
+    with torch.inference_mode():
+        small = fn(
+            torch.from_numpy(pixels).to(out.device)[:, None], [height, width], interpolation=mode, antialias=True
+        )
+    for row, (i, block) in enumerate(blocks.items()):
+        dx1, dy1 = block.dst[:2]
         kx1, ky1, kx2, ky2 = block.keep
-        pixels = clean[i, sy1:sy2, sx1:sx2].copy()
-        change.paste(pixels, (sx1, sy1))
-        piece = torch.from_numpy(pixels).to(out.device)[None, None]
-        with torch.inference_mode():
-            small = fn(piece, [dy2 - dy1, dx2 - dx1], interpolation=mode, antialias=True)[0, 0]
-        out[i, ky1:ky2, kx1:kx2] = small[ky1 - dy1 : ky2 - dy1, kx1 - dx1 : kx2 - dx1]
+        out[i, ky1:ky2, kx1:kx2] = small[row, 0, ky1 - dy1 : ky2 - dy1, kx1 - dx1 : kx2 - dx1]
     return out
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 from collections.abc import Callable
@@ -35,12 +36,13 @@ from lesionsignal.stimuli.panel import (
 from lesionsignal.stimuli.placement import place
 
 
+@functools.lru_cache(maxsize=64)
 def line_kernel(length: int, angle_deg: float) -> np.ndarray:
     """L x L float64 kernel: ones at [round(c - t sin th), round(c + t cos th)], t in linspace(-c, c, L).
 
     c = (L - 1) / 2; rows grow downwards, so 90 deg is a vertical line and 0 deg a horizontal one. Rounding is
     numpy's (half to even, symmetric about c). Cells hit by more than one t count once; the kernel is then
-    normalised to sum 1.
+    normalised to sum 1. Kept once per (length, angle), read-only: the panel asks for six kernels a million times.
     """
     if length < 1 or length % 2 == 0:
         raise PanelError(f"line kernel length must be odd and >= 1, got {length}")
@@ -53,7 +55,9 @@ def line_kernel(length: int, angle_deg: float) -> np.ndarray:
     cols = np.round(c + t * math.cos(theta)).astype(np.intp)
     kernel = np.zeros((length, length), dtype=np.float64)
     kernel[rows, cols] = 1.0
-    return kernel / kernel.sum()
+    kernel /= kernel.sum()
+    kernel.setflags(write=False)
+    return kernel
 
 
 def circle_mask(patch: int, radius: float, centre: CircleCentre = CircleCentre.BOX_CENTRE) -> np.ndarray:
