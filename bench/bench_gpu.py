@@ -208,6 +208,12 @@ def headline(report: dict) -> list[dict]:
                     "target": ">= 1300",
                 }
             )
+    compiled = report.get("compiled")
+    if compiled:
+        what = f"{compiled['encoder']} torch.compile speed-up (model only)"
+        rows.append({"what": what, "value": compiled["speedup"]})
+    probe = report.get("probe") or {}
+    rows += [{**row, "what": f"probe on the device, {row['what']}"} for row in probe.get("headline", [])]
     return rows
 
 

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import sklearn
 import torch
 
 from lesionsignal.analysis.probe import Precision, ProbeConfig, ProbeResult, Solver, fit_probe
+from lesionsignal.core.machine import describe_machine
 
 
 def paired_embeddings(n_rows: int, dim: int, signal: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,23 +60,6 @@ def timed_fit(config: ProbeConfig, data: tuple[np.ndarray, ...]) -> tuple[ProbeR
     if config.device.startswith("cuda"):
         torch.cuda.synchronize()
     return result, time.perf_counter() - start
-
-
-def machine_info(device: str) -> dict[str, object]:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "sklearn": sklearn.__version__,
-        "numpy": np.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 def parse_case(text: str) -> tuple[int, int]:
@@ -125,10 +106,26 @@ def run_case(rows: int, dim: int, args: argparse.Namespace) -> dict[str, object]
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     cases = [(2000, 128), (300, 1024)] if args.quick else args.cases
+    results = [run_case(rows, dim, args) for rows, dim in cases]
+    headline = []
+    for case in results:
+        name = f"{case['rows']} x {case['dim']}"
+        headline.append(
+            {
+                "what": f"{name}: speed-up over scikit-learn",
+                "value": case["speedup_sklearn_over_fast"],
+                "target": ">= 20",
+            }
+        )
+        headline.append({"what": f"{name}: max |AUC difference|", "value": case["max_abs_auc_difference"],
+                         "target": "<= 0.002"})  # fmt: skip
     return {
-        "cases": [run_case(rows, dim, args) for rows, dim in cases],
+        "benchmark": f"linear probe, FAST against scikit-learn ({args.device}, {args.precision})",
+        "cases": results,
         "precision": args.precision,
-        "machine": machine_info(args.device),
+        "device": args.device,
+        "machine": describe_machine(),
+        "headline": headline,
     }
 
 

@@ -17,6 +17,10 @@ from pathlib import Path
 from lesionsignal.core.machine import machine_line
 
 
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|")  # a pipe inside a cell would end it
+
+
 def _value(row: dict) -> str:
     value = row["value"]
     return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -28,7 +32,8 @@ def _load(folder: Path) -> dict[str, dict]:
 
 def summary(results: Path, reference: Path) -> str:
     runs = _load(results)
-    references = {folder.name: _load(folder) for folder in sorted(reference.iterdir()) if folder.is_dir()}
+    folders = sorted(f for f in reference.iterdir() if f.is_dir()) if reference.is_dir() else []
+    references = {folder.name: _load(folder) for folder in folders}
     lines = ["# Benchmarks", ""]
     if not runs:
         return "\n".join([*lines, f"No results in {results}: run `make bench`.", ""])
@@ -42,7 +47,7 @@ def summary(results: Path, reference: Path) -> str:
             for ref_run in recorded.values():
                 match = next((r for r in ref_run.get("headline", []) if r["what"] == row["what"]), None)
                 cells.append(_value(match) if match else "")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         for ref, ref_run in recorded.items():
             lines.append(f"\nReference `{ref}` ran on {machine_line(ref_run['machine'])}.")
         lines.append("")
