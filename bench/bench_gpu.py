@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_extract import make_images  # this folder is on the path of a script run from it
 
 from lesionsignal.core.machine import describe_machine
 from lesionsignal.features.encoder import load_encoder
@@ -66,23 +67,6 @@ TINY_CASES = (
     Case("demo-siglip", 4, "float32"),
     Case("demo-resnet", 4, "float32"),
 )
-
-
-def synthetic_films(folder: Path, n: int) -> list:
-    import cv2
-
-    from lesionsignal.data.images import ImageItem
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:1024, 0:1024].astype(np.float32)
-    items = []
-    for i in range(n):
-        image = 90 + 60 * np.sin(xx / (40 + i % 7)) ** 2 + 50 * yy / 1024 + rng.normal(0, 5, (1024, 1024))
-        path = folder / f"film_{i:05d}.png"
-        cv2.imwrite(str(path), image.clip(0, 255).astype(np.uint8))
-        items.append(ImageItem(path.name, path))
-    return items
 
 
 def _sync(device: torch.device) -> None:
@@ -243,7 +227,7 @@ def main() -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     with tempfile.TemporaryDirectory() as tmp:
-        films = synthetic_films(Path(tmp) / "films", 2 * max(c.batch for c in cases))
+        films = make_images(Path(tmp) / "films", 2 * max(c.batch for c in cases))
         for case in cases:
             try:
                 row = measure(case, args, films, Path(tmp))

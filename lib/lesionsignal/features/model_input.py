@@ -28,9 +28,9 @@ import torch
 from lesionsignal.core.torch_compat import ensure_torchvision
 from lesionsignal.features.geometry import Geometry
 
-# Output pixels of margin kept between a re-resized block's edges and the pixels copied out of it: the antialiased
-# kernel reaches (interp_size / 2) output pixels either side (bilinear 1, bicubic 2), plus one for rounding.
-_MARGIN = {"bilinear": 2, "bicubic": 3}
+# How far the antialiased kernel reaches either side (interp_size / 2), in output pixels; a re-resized block keeps
+# one output pixel more than that between its edges and the pixels copied out of it, for rounding.
+_HALF_WIDTH = {"bilinear": 1, "bicubic": 2}
 
 Bounds = tuple[int, int, int, int]  # x1, y1, x2, y2 of changed canvas pixels, half-open
 
@@ -128,12 +128,18 @@ class Block:
     keep: tuple[int, int, int, int]
 
 
-def _axis(lo: int, hi: int, canvas: int, size: int, margin: int) -> tuple[int, int, int, int, int, int]:
-    """One axis of a block: (src_lo, src_hi, dst_lo, dst_hi, keep_lo, keep_hi) for changed canvas pixels [lo, hi)."""
+def _period(canvas: int, size: int) -> tuple[int, int]:
+    """(p, q): canvas pixels p * k map exactly onto output pixels q * k."""
     g = math.gcd(canvas, size)
-    p, q = canvas // g, size // g  # canvas pixels p * k <-> output pixels q * k
+    return canvas // g, size // g
+
+
+def _axis(lo: int, hi: int, canvas: int, size: int, half_width: int) -> tuple[int, int, int, int, int, int]:
+    """One axis of a block: (src_lo, src_hi, dst_lo, dst_hi, keep_lo, keep_hi) for changed canvas pixels [lo, hi)."""
+    p, q = _period(canvas, size)
     scale = canvas / size
-    reach = (1 if margin == _MARGIN["bilinear"] else 2) * scale  # kernel half-width in canvas pixels
+    reach = half_width * scale  # the kernel's half-width in canvas pixels
+    margin = half_width + 1
     keep_lo = max(0, math.floor((lo - reach) / scale - 0.5) - 1)
     keep_hi = min(size, math.ceil((hi + reach) / scale - 0.5) + 1)
     dst_lo = max(0, (keep_lo - margin) // q * q)
@@ -143,19 +149,19 @@ def _axis(lo: int, hi: int, canvas: int, size: int, margin: int) -> tuple[int, i
 
 def block_for(bounds: Bounds, canvas: int, geometry: Geometry) -> Block:
     """The aligned block to re-resize so that every output pixel the changed canvas pixels reach is recomputed."""
-    margin = _MARGIN[geometry.interpolation]
-    x = _axis(bounds[0], bounds[2], canvas, geometry.resize, margin)
-    y = _axis(bounds[1], bounds[3], canvas, geometry.resize, margin)
+    half_width = _HALF_WIDTH[geometry.interpolation]
+    x = _axis(bounds[0], bounds[2], canvas, geometry.resize, half_width)
+    y = _axis(bounds[1], bounds[3], canvas, geometry.resize, half_width)
     return Block(src=(x[0], y[0], x[1], y[1]), dst=(x[2], y[2], x[3], y[3]), keep=(x[4], y[4], x[5], y[5]))
 
 
 def _widened(block: Block, width: int, height: int, canvas: int, size: int) -> Block:
     """``block`` grown to ``width`` x ``height`` output pixels (inward at the image's edge), still aligned."""
-    ratio = canvas // math.gcd(canvas, size), size // math.gcd(canvas, size)
+    p, q = _period(canvas, size)
 
     def axis(lo: int, span: int) -> tuple[int, int, int, int]:
         lo = min(lo, size - span)  # spans and lo are multiples of q, and so is size
-        return lo * ratio[0] // ratio[1], (lo + span) * ratio[0] // ratio[1], lo, lo + span
+        return lo * p // q, (lo + span) * p // q, lo, lo + span
 
     sx1, sx2, dx1, dx2 = axis(block.dst[0], width)
     sy1, sy2, dy1, dy2 = axis(block.dst[1], height)

@@ -154,15 +154,13 @@ def directional_blur_image(image: np.ndarray, c: Condition) -> np.ndarray:
 def _iso_blur(
     canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
 ) -> np.ndarray:
-    assert c.kernel is not None
-    return _filter_patch(canvas, box, c.kernel // 2, lambda crop: iso_blur_image(crop, c))
+    return _filter_patch(canvas, box, context_radius(c), lambda crop: iso_blur_image(crop, c))
 
 
 def _directional_blur(
     canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
 ) -> np.ndarray:
-    assert c.length is not None
-    return _filter_patch(canvas, box, c.length // 2, lambda crop: directional_blur_image(crop, c))
+    return _filter_patch(canvas, box, context_radius(c), lambda crop: directional_blur_image(crop, c))
 
 
 def _add_texture(canvas: np.ndarray, box: Box, texture: np.ndarray, amplitude: float, cast: TextureCast) -> np.ndarray:
