@@ -14,12 +14,21 @@ from lesionsignal.features.encoder import load_encoder
 from lesionsignal.features.geometry import Geometry
 from lesionsignal.features.registry import DEMO_ENCODERS, EncoderMismatch, resolve_spec
 from lesionsignal.features.sources import check_source
-from lesionsignal.training.dino import cosine_schedule, teacher_temperatures
+from lesionsignal.training.dino import DinoLoss, cosine_schedule, koleo_loss, sinkhorn_knopp, teacher_temperatures
 from lesionsignal.training.loop import TrainResult, train
 from lesionsignal.training.mae import patchify, random_keep
 from lesionsignal.training.model_folder import CARD, PROCESSOR, WEIGHTS, TrainingData, write_model_folder
-from lesionsignal.training.multicrop import Normalisation, film_views
-from lesionsignal.training.recipe import Architecture, Masking, Method, Objective, Optimisation, Recipe, Views
+from lesionsignal.training.multicrop import Normalisation, film_views, random_crop
+from lesionsignal.training.recipe import (
+    Architecture,
+    Centering,
+    Masking,
+    Method,
+    Objective,
+    Optimisation,
+    Recipe,
+    Views,
+)
 
 TINY = Recipe(
     architecture=Architecture(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
@@ -151,6 +160,64 @@ def test_views_are_seeded_and_shaped() -> None:
     assert one.globals_.shape == (2, 56, 56) and one.locals_.shape == (2, 28, 28)
     assert np.array_equal(one.globals_, two.globals_) and np.array_equal(one.locals_, two.locals_)
     assert not np.array_equal(one.globals_, other.globals_)
+
+
+def test_sinkhorn_targets_use_every_prototype_when_one_dominates_the_batch() -> None:
+    # Every output favours prototype 0 (the one-prototype collapse): a plain sharpened softmax follows it, Sinkhorn-
+    # Knopp spreads the batch evenly over the prototypes and keeps each image's target sharp.
+    torch.manual_seed(0)
+    logits = 0.1 * torch.randn(64, 32)
+    logits[:, 0] += 0.5
+    targets = sinkhorn_knopp(logits, temp=0.04, iterations=3)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(64), atol=1e-5)
+    usage = targets.sum(dim=0)  # 3 iterations: near the 64 / 32 = 2 films each that equipartition asks for
+    assert usage.min() > 1.0 and usage.max() < 3.0, usage
+
+    def entropies(probs: torch.Tensor) -> tuple[float, float]:
+        mean = probs.mean(dim=0)
+        per_image = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1).mean()
+        return float(-(mean * mean.clamp_min(1e-12).log()).sum()), float(per_image)
+
+    plain = torch.softmax(logits / 0.04, dim=-1)
+    assert entropies(plain)[0] < 0.5  # one prototype takes the batch
+    balanced, sharp = entropies(targets)
+    assert balanced > np.log(32) - 0.05 and sharp < np.log(32) - 1.0, (balanced, sharp)
+    # The loss uses the configured centring.
+    sk = DinoLoss(Objective(out_dim=32, centering=Centering.SINKHORN)).targets(logits, 0.04)
+    assert torch.equal(sk, targets)
+
+
+def test_koleo_is_low_for_spread_vectors_and_pushes_close_ones_apart() -> None:
+    spread = torch.eye(8)
+    close = torch.eye(8) + 5.0
+    assert koleo_loss(spread) < koleo_loss(close)
+    x = close.clone().requires_grad_(True)
+    koleo_loss(x).backward()
+    moved = koleo_loss((x - 0.5 * x.grad).detach())
+    assert moved < koleo_loss(close)
+
+
+def test_dino_with_sinkhorn_and_koleo_trains(tmp_path: Path) -> None:
+    recipe = replace(TINY, objective=replace(TINY.objective, centering=Centering.SINKHORN, koleo_weight=0.1))
+    assert recipe.digest() != TINY.digest()
+    result = train(recipe, tiny_films(), tmp_path, progress=False)
+    losses = [r.loss for r in result.history]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    last = result.history[-1]
+    assert last.teacher_mean_entropy > np.log(64) - 0.05  # equipartition: every prototype used
+    assert last.teacher_image_entropy < np.log(64) - 0.3  # and each film's target sharper than uniform
+
+
+def test_crops_keep_the_aspect_ratio_asked_for() -> None:
+    # A horizontal ramp: the crop's width is the span of gray levels the resized view covers.
+    film = np.tile(np.arange(200, dtype=np.uint8), (200, 1))
+
+    def span(aspect: tuple[float, float]) -> float:
+        crop = random_crop(film, 32, (0.18, 0.18), np.random.default_rng(0), aspect)
+        return float(crop.max() - crop.min()) * 255
+
+    wide, tall = span((2.0, 2.0)), span((0.5, 0.5))
+    assert abs(wide - 119) <= 3 and abs(tall - 59) <= 3, (wide, tall)
 
 
 def test_schedules() -> None:

@@ -4,6 +4,11 @@ A student and an exponential-moving-average teacher share one architecture. The 
 the student sees every view and is trained so its softmax over ``out_dim`` prototypes matches the teacher's
 (centred and sharpened) softmax of a different view. Centring and sharpening together keep the outputs from
 collapsing to one prototype or to the uniform distribution; ``collapse_statistics`` tells which way a run drifts.
+
+DINOv2's two additions are here too: Sinkhorn-Knopp centring, which makes a batch's targets use the prototypes
+evenly with no running state, and the KoLeo term, which spreads the student's CLS vectors of a batch. The second
+works against the uniform collapse seen on the demo films: they all come from one CT, so their outputs start nearly
+equal, and sharpened targets of nearly equal outputs are nearly flat.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesionsignal.training.recipe import Objective
+from lesionsignal.training.recipe import Centering, Objective
 
 
 class DinoHead(nn.Module):
@@ -49,12 +54,21 @@ class DinoLoss(nn.Module):
         super().__init__()
         self.student_temp = objective.student_temp
         self.center_momentum = objective.center_momentum
+        self.centering = objective.centering
+        self.sinkhorn_iterations = objective.sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, objective.out_dim))
+
+    @torch.no_grad()
+    def targets(self, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """The teacher's (2B, K) target distributions."""
+        if self.centering is Centering.SINKHORN:
+            return sinkhorn_knopp(teacher, teacher_temp, self.sinkhorn_iterations)
+        return F.softmax((teacher - self.center) / teacher_temp, dim=-1)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, n_views: int, teacher_temp: float) -> torch.Tensor:
         """student: (n_views * B, K) logits, globals first; teacher: (2 * B, K) logits of the two globals."""
         student_out = (student / self.student_temp).chunk(n_views)
-        targets = F.softmax((teacher - self.center) / teacher_temp, dim=-1).detach().chunk(2)
+        targets = self.targets(teacher, teacher_temp).chunk(2)
         total, pairs = student.new_zeros(()), 0
         for t, target in enumerate(targets):
             for v, logits in enumerate(student_out):
@@ -71,6 +85,31 @@ class DinoLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int) -> torch.Tensor:
+    """(B, K) targets whose rows sum to 1 and whose columns each sum to B / K: alternate normalisations of
+    exp(logits / temp), starting from the prototypes (SwAV; DINOv2's teacher centring)."""
+    q = torch.exp((logits - logits.max()) / temp).double().T  # double: exp of a spread of 1 / temp = 25 underflows
+    n_prototypes, batch = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True) * n_prototypes
+        q /= q.sum(dim=0, keepdim=True) * batch
+    return (q * batch).T.to(logits.dtype)
+
+
+def koleo_loss(vectors: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko-Leonenko term: minus the mean log distance of each L2-normalised vector to its nearest other one.
+    Low when the batch is spread over the sphere; it grows without bound as two vectors meet."""
+    x = F.normalize(vectors, dim=-1, eps=eps)
+    with torch.no_grad():
+        similarity = x @ x.T
+        similarity.fill_diagonal_(-2.0)
+        nearest = similarity.argmax(dim=1)
+    distances = (x - x[nearest]).norm(dim=-1)
+    return -torch.log(distances + eps).mean()
+
+
 @dataclass(frozen=True)
 class CollapseStatistics:
     """Entropy of the teacher's mean distribution (near log K: prototypes used evenly; near 0: one prototype) and
@@ -81,8 +120,8 @@ class CollapseStatistics:
 
 
 @torch.no_grad()
-def collapse_statistics(teacher: torch.Tensor, center: torch.Tensor, temp: float) -> CollapseStatistics:
-    probs = F.softmax((teacher - center) / temp, dim=-1)
+def collapse_statistics(probs: torch.Tensor) -> CollapseStatistics:
+    """Of the teacher's (B, K) target distributions."""
     mean = probs.mean(dim=0)
     mean_entropy = float(-(mean * torch.log(mean.clamp_min(1e-12))).sum())
     per_image = float(-(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean())

@@ -30,6 +30,7 @@ from lesionsignal.training.dino import (
     DinoLoss,
     collapse_statistics,
     cosine_schedule,
+    koleo_loss,
     teacher_temperatures,
     update_teacher,
 )
@@ -130,11 +131,16 @@ class DinoTraining:
         temp = float(self.temps[it])
         with torch.no_grad():
             teacher_out = self.teacher(globals_)
-        student_out = self.student(globals_)
+        statistics = collapse_statistics(self.loss_fn.targets(teacher_out, temp))  # before the centre moves
+        cls = self.student.cls(globals_)
+        student_out = self.student.head(cls)
         if len(locals_):
             student_out = torch.cat([student_out, self.student(locals_)])
         loss = self.loss_fn(student_out, teacher_out, 2 + self.recipe.views.n_local, temp)
-        return StepResult(loss, collapse_statistics(teacher_out, self.loss_fn.center, temp))
+        weight = self.recipe.objective.koleo_weight
+        if weight:
+            loss = loss + weight * sum(koleo_loss(c) for c in cls.chunk(2))
+        return StepResult(loss, statistics)
 
     def before_update(self, epoch: int) -> None:
         if epoch < self.recipe.optimisation.freeze_last_layer_epochs:

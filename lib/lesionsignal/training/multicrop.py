@@ -51,13 +51,19 @@ def film_statistics(films: list[np.ndarray], size: int) -> Normalisation:
     return Normalisation(round(float(mean), 4), round(float(std), 4))
 
 
-def random_crop(film: np.ndarray, size: int, scale: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
-    """A crop of area fraction in ``scale`` and aspect ratio in [3/4, 4/3], resized to ``size`` (float in [0, 1])."""
+def random_crop(
+    film: np.ndarray,
+    size: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+    aspect: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """A crop of area fraction in ``scale`` and aspect ratio in ``aspect``, resized to ``size`` (float in [0, 1])."""
     height, width = film.shape
     area = height * width
     for _ in range(10):
         target = area * rng.uniform(*scale)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
         w = round(math.sqrt(target * ratio))
         h = round(math.sqrt(target / ratio))
         if 0 < w <= width and 0 < h <= height:
@@ -98,11 +104,13 @@ def film_views(
         raise ValueError(f"a film must be a 2-D uint8 array, got {film.dtype} {film.shape}")
     first, second, local = views.blur_p
     globals_ = [
-        photometric(random_crop(film, image_size, views.global_scale, rng), views, first, 0.0, rng),
-        photometric(random_crop(film, image_size, views.global_scale, rng), views, second, views.solarize_p, rng),
+        photometric(random_crop(film, image_size, views.global_scale, rng, views.aspect), views, first, 0.0, rng),
+        photometric(
+            random_crop(film, image_size, views.global_scale, rng, views.aspect), views, second, views.solarize_p, rng
+        ),
     ]
     locals_ = [
-        photometric(random_crop(film, views.local_size, views.local_scale, rng), views, local, 0.0, rng)
+        photometric(random_crop(film, views.local_size, views.local_scale, rng, views.aspect), views, local, 0.0, rng)
         for _ in range(views.n_local)
     ]
     return FilmViews(_normalised(globals_, norm), _normalised(locals_, norm, views.local_size))

@@ -56,6 +56,7 @@ class Views:
     n_local: int = 6
     global_scale: tuple[float, float] = (0.35, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.35)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)  # of every crop (width over height)
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -64,9 +65,17 @@ class Views:
     solarize_p: float = 0.2  # second global only
 
 
+class Centering(enum.Enum):
+    """How the teacher's outputs become targets."""
+
+    MEAN = "mean"  # DINO: subtract a running mean of the teacher's logits, then sharpen
+    SINKHORN = "sinkhorn"  # DINOv2: Sinkhorn-Knopp, every batch spread evenly over the prototypes
+
+
 @dataclass(frozen=True)
 class Objective:
-    """DINO self-distillation: head widths, temperatures, centring and the teacher's momentum schedule."""
+    """DINO self-distillation: head widths, temperatures, centring, the teacher's momentum schedule, and DINOv2's
+    KoLeo term (the student's CLS vectors of a batch pushed apart; 0 turns it off)."""
 
     out_dim: int = 1024
     head_hidden: int = 512
@@ -78,6 +87,15 @@ class Objective:
     center_momentum: float = 0.9
     momentum_start: float = 0.996
     momentum_end: float = 1.0
+    centering: Centering = Centering.MEAN
+    sinkhorn_iterations: int = 3
+    koleo_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sinkhorn_iterations < 1:
+            raise ValueError(f"sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}")
+        if self.koleo_weight < 0:
+            raise ValueError(f"koleo_weight must not be negative, got {self.koleo_weight}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,7 @@ class Recipe:
         """The fields that decide the weights: the other method's settings are left out."""
         out = asdict(self)
         out["method"] = self.method.value
+        out["objective"]["centering"] = self.objective.centering.value
         if self.method is Method.MAE:
             out.pop("objective")
             out["optimisation"].pop("freeze_last_layer_epochs")
