@@ -59,6 +59,7 @@ def _extraction_error(tmp_path: Path, extraction: dict) -> ParamsError:
         ({"executor": "kubernetes"}, "extraction.executor", "kubernetes"),
         ({"executor": "slurm", "slurm": {"time": "4h"}}, "extraction.slurm.time", "not a Slurm time"),
         ({"executor": "slurm", "slurm": {"memory": "lots"}}, "extraction.slurm.memory", "sbatch memory"),
+        ({"executor": "slurm", "slurm": {"time": 14400}}, "extraction.slurm.time", "in quotes"),
         ({"executor": "slurm", "slurm": {"tasks": 0}}, "extraction.slurm.tasks", "at least one"),
         ({"executor": "slurm", "slurm": {"gpus_per_task": 2}}, "extraction.slurm.gpus_per_task", "more tasks"),
         ({"executor": "slurm", "slurm": {"partition": "gpu nodes"}}, "extraction.slurm.partition", "Slurm name"),

@@ -82,7 +82,7 @@ class SlurmParams:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None  # e.g. a GPU model: "h100"
-    time: str = "4:00:00"  # per task; a task reaching it is signalled, checkpointed and requeued
+    time: str | int = "4:00:00"  # per task, in quotes; a task reaching it is signalled, checkpointed and requeued
     gpus_per_task: int = 1  # 0 for CPU tasks; one model process per task, so at most 1
     cpus_per_task: int = 8  # decoding and perturbing feed the GPU: extraction.workers threads run here
     memory: str = "64G"  # per task, sbatch's --mem (K, M, G or T)
@@ -99,7 +99,7 @@ class SlurmParams:
 
     @property
     def minutes(self) -> int:
-        return slurm_minutes(self.time)
+        return slurm_minutes(str(self.time))
 
     def __post_init__(self) -> None:
         if self.tasks < 1:
@@ -110,6 +110,8 @@ class SlurmParams:
             value = getattr(self, name)
             if value is not None and not _NAME.match(value):
                 raise FieldError(name, f"{value!r} is not a Slurm name (letters, digits and _ . , : | & ! -)")
+        if isinstance(self.time, int):  # YAML reads an unquoted 4:00:00 as 14400 (base 60), and 1:30 as 90
+            raise FieldError("time", f'write it in quotes ("4:00:00", "90"): unquoted, YAML made it {self.time}')
         try:
             minutes = self.minutes
         except ValueError as err:

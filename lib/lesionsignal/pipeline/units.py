@@ -194,8 +194,8 @@ class ExtractionFailed(UserError, RuntimeError):
     def of(cls, run_name: str, stage: StageName, failures: Sequence[ShareFailure], workers: str) -> ExtractionFailed:
         listed = "\n".join(f.describe() for f in failures)
         return cls(
-            f"[{run_name}] stage {stage}: {len(failures)} {workers} failed; the units every other one computed are "
-            f"kept:\n{listed}\nFix the cause and run again: only the shards with missing units run again.",
+            f"[{run_name}] stage {stage}: {len(failures)} of the {workers} failed; the units every other one "
+            f"computed are kept:\n{listed}\nFix the cause and run again: only the shards with missing units run again.",
             failures,
         )
 
