@@ -157,6 +157,36 @@ def test_workers_on_two_cpu_devices_give_the_local_bytes(executor_reference: dic
         assert [k for k in found if found[k] != executor_reference[k]] == []
 
 
+def _block_a_folder_of(run, shard: Shard) -> tuple[Path, set[str], set[str]]:
+    """A file where a folder of ``shard``'s units (and no other shard's) must go: that shard fails writing a unit.
+    Returns the file, the shard's keys and every other key."""
+    keys = set(shard_keys(run, shard))
+    others = set(unit_keys(planned(run, PANEL_UNITS))) - keys
+    prefix = next(k[:2] for k in sorted(keys) if not any(o.startswith(k[:2]) for o in others))
+    blocker = unit_store(run.catalog.units).folder / prefix
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    return blocker, keys, others
+
+
+@pytest.mark.slow  # two worker processes, then one again
+def test_a_failed_device_worker_is_reported_with_its_unit_and_the_other_finishes(
+    executor_reference: dict[str, bytes], executor_run
+) -> None:
+    params_file = executor_run("gpus-failing-", executor="gpus", devices=["cpu", "cpu"])
+    run = open_run(params_file, progress=False)
+    blocker, keys, others = _block_a_folder_of(run, Shard(1, 2))
+    with pytest.raises(ExtractionFailed) as info:
+        extracted(params_file, lesions=False)
+    (failure,) = info.value.failures
+    assert failure.where == "device cpu" and failure.shard == Shard(1, 2) and "FileExistsError" in failure.error
+    assert failure.unit is not None and failure.unit.key in keys and str(failure.unit) in str(info.value)
+    assert "while extracting unit" in failure.detail
+    assert not unit_store(run.catalog.units).missing(others)  # the other worker ran to the end
+    blocker.unlink()
+    assert results(extracted(params_file, lesions=False), lesions=False) == _panel(executor_reference)
+
+
 # ---------------------------------------------------------------- the slurm executor, tasks as local subprocesses
 
 
@@ -239,21 +269,15 @@ def test_a_failed_task_is_reported_with_its_log_and_unit_and_a_rerun_submits_onl
 ) -> None:
     params_file = executor_run("failing-", **local_array(tasks=3))
     run = open_run(params_file, progress=False)
-    keys = {s: set(shard_keys(run, Shard(s, 3))) for s in range(3)}
-    others = keys[0] | keys[2] | set(unit_keys(planned(run, PANEL_UNITS))) - keys[1]
-    prefix = next(k[:2] for k in sorted(keys[1]) if not any(o.startswith(k[:2]) for o in others))
-    blocker = unit_store(run.catalog.units).folder / prefix  # a file where shard 1's units' folder must go
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("in the way")
+    blocker, keys, others = _block_a_folder_of(run, Shard(1, 3))
     with pytest.raises(ExtractionFailed) as info:
         extracted(params_file, lesions=False)
     (failure,) = info.value.failures
     assert failure.shard == Shard(1, 3) and "FileExistsError" in failure.error
-    assert failure.unit is not None and failure.unit.key in keys[1] and failure.unit.key.startswith(prefix)
+    assert failure.unit is not None and failure.unit.key in keys and failure.unit.key.startswith(blocker.name)
     assert failure.log is not None and failure.log in str(info.value) and str(failure.unit) in str(info.value)
     assert "while extracting unit" in Path(failure.log).read_text()  # the task's own log has the traceback
-    store = unit_store(run.catalog.units)
-    assert not store.missing(keys[0] | keys[2])  # the other tasks ran to the end
+    assert not unit_store(run.catalog.units).missing(others)  # the other tasks ran to the end
     blocker.unlink()
     found = results(extracted(params_file, lesions=False), lesions=False)
     assert found == _panel(executor_reference)

@@ -186,9 +186,10 @@ def slurm_cluster() -> Iterator[Cluster]:
 
 @pytest.mark.slow  # three array tasks through sbatch, each a process that loads the demo encoders
 def test_an_array_through_sbatch_on_a_one_node_cluster_gives_the_local_bytes(
-    slurm_cluster: Cluster, executor_reference: dict[str, bytes], executor_run
+    slurm_cluster: Cluster, executor_run, request: pytest.FixtureRequest
 ) -> None:
     assert slurm_cluster.start_seconds < START_TIMEOUT_S
+    executor_reference = request.getfixturevalue("executor_reference")  # after the cluster: a skip costs nothing
     block = local_array(tasks=3, cluster="slurm", partition=slurm_cluster.partition, memory="500M", poll_s=0.5)
     run = extracted(executor_run("slurm-", **block), lesions=False)
     panel = {k: v for k, v in executor_reference.items() if not k.startswith("lesion unit")}
