@@ -97,7 +97,12 @@ class ShardTask(Checkpointable):
             print(f"{share.step.stage} {share.shard} on {line['host']}: {done} of {total} units on disk", flush=True)
 
         try:
-            return run_share(share, on_start=started)
+            reports = run_share(share, on_start=started)
+            for r in reports:  # the task's log says what it did and how fast
+                rate = f"{r.images_per_second:.1f} images/s" if r.images_encoded else "nothing to encode"
+                done = f"{r.units_computed} units computed, {r.units_cached} on disk"
+                print(f"{r.source_id} / {r.cohort}: {done}; {rate}", flush=True)
+            return reports
         except Exception as err:
             failure = failure_of(err, share.shard, f"array task {job}")
             record = {"job": job, **asdict(failure)}
