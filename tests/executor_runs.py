@@ -50,6 +50,9 @@ def executor_params(prefix: str, **extraction: object) -> Path:
             "image_dirs": [str(DET / "train_data"), str(DET / "test_data")],
         },
     ]
+    # the trained demo encoder alone (from its committed folder), beside the raw pixels: every task loads it, and
+    # without its random-init twin the stage draws no token maps
+    data["encoders"] = [e for e in data["encoders"] if e["id"] == "demo-dino-vit"]
     data["extraction"] = {"device": "cpu", "workers": 1, "chunk_size": CHUNK, **extraction}
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
