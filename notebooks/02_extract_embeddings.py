@@ -37,6 +37,7 @@ from lesionsignal.core.files import load_arrays
 from lesionsignal.features.registry import resolve_spec
 from lesionsignal.paper.encoder_checks import token_map_figure
 from lesionsignal.pipeline import embeddings
+from lesionsignal.pipeline.executors import describe_execution
 from lesionsignal.pipeline.stage import StageName, open_run, output
 from lesionsignal.pipeline.stages import ensure
 
@@ -45,7 +46,7 @@ params = run.params
 outputs = run.catalog.outputs("02_extract_embeddings")
 print(params.label.text)
 print(
-    f"device {embeddings.device_for(params)}; {len(embeddings.conditions(params))} conditions; "
+    f"{describe_execution(params)}; {len(embeddings.conditions(params))} conditions; "
     f"encoders: {[e.id for e in params.encoders]}"
 )
 

@@ -42,7 +42,7 @@ from lesionsignal.paper.figures import plot_pool_aucs, plot_stratum_gaps
 from lesionsignal.paper.reference import compare
 from lesionsignal.pipeline import cohorts as cohort_stage
 from lesionsignal.pipeline import lesions
-from lesionsignal.pipeline.embeddings import device_for
+from lesionsignal.pipeline.executors import describe_execution
 from lesionsignal.pipeline.stage import StageName, open_run, output
 from lesionsignal.pipeline.stages import require
 
@@ -51,7 +51,7 @@ params = run.params
 outputs = run.catalog.outputs("04_chestxdet10_stratification")
 cohorts = params.cohorts_for(Analysis.LESIONS)
 print(params.label.text)
-print(f"device {device_for(params)}; lesion cohorts: {[c.name for c in cohorts]}")
+print(f"{describe_execution(params)}; lesion cohorts: {[c.name for c in cohorts]}")
 print(f"classes: {list(params.lesions.classes)}")
 print(f"negatives: {params.lesions.negatives_per_positive} per positive, placement {params.lesions.negative_placement}")
 if not cohorts:

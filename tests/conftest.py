@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +45,29 @@ def smoke_reports(smoke_params_file: Path) -> Path:
 
     assert main(["--params", str(smoke_params_file)]) == 0
     return Catalog(load_params(smoke_params_file), ROOT).reports
+
+
+@pytest.fixture(scope="session")
+def executor_reference() -> Iterator[dict[str, bytes]]:
+    """The executor tests' run (tests/executor_runs.py) extracted in this process, as before executors existed:
+    the bytes every executor must reproduce."""
+    from executor_runs import executed_results
+
+    with executed_results("reference-") as found:
+        yield found
+
+
+@pytest.fixture
+def executor_run() -> Iterator[Callable[..., Path]]:
+    """Makes the executor tests' parameter files (tests/executor_runs.py); their folders go when the test ends."""
+    from executor_runs import executor_params
+
+    made: list[Path] = []
+
+    def make(prefix: str, **extraction: object) -> Path:
+        made.append(executor_params(prefix, **extraction))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path.parent, ignore_errors=True)

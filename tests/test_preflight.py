@@ -96,6 +96,20 @@ def test_a_gpu_run_on_a_machine_without_one_is_fatal(case_folder: Path) -> None:
     assert report.encoders, "the encoders are still checked"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_slurm_array_needs_sbatch_here_but_no_gpu_here(
+    case_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slurm = {"tasks": 4, "max_parallel": 2, "partition": "gpu", "time": "2:00:00", "memory": "32G"}
+    params_file = run_params(case_folder, extraction={"device": "cuda", "executor": "slurm", "slurm": slurm})
+    monkeypatch.setenv("PATH", str(tmp_path))  # a login node without Slurm's commands
+    report = check(params_file, ROOT, measure=False)
+    assert [f.where for f in report.fatal] == ["extraction.slurm.cluster"]  # the GPUs are the cluster's, not ours
+    notes = [f.message for f in report.findings if f.where == "extraction.slurm"]
+    assert any("4 array tasks (at most 2 at once)" in n and "2:00:00" in n for n in notes), notes
+    assert [plan.encoder for plan in report.encoders] == ["demo-dino-vit", "demo-dino-vit-random"]
+
+
 def test_operations_are_counted_from_the_configuration_the_run_would_load(tmp_path: Path) -> None:
     """DINOv2-B/14 from a local folder holding only its config.json: about 2 x parameters x tokens."""
     config = {

@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 
 import yaml
 
+from lesionsignal.config.execution import ExecutorKind, SlurmParams, check_devices
 from lesionsignal.core.kinds import RunKind
 from lesionsignal.core.validate import FieldError, ParamsError, build
 from lesionsignal.demo.config import DemoCohortConfig
@@ -218,12 +219,33 @@ class ExtractionParams:
     canvas_store: bool = True  # keep decoded canvases on disk (1 MiB per image at 1024 px) for later runs and shards
     shard_index: int = 0
     shard_count: int = 1
+    executor: ExecutorKind = ExecutorKind.LOCAL  # where the units are computed (config.execution)
+    devices: tuple[str, ...] = ()  # gpus executor: one worker per entry (cuda:0, cpu, ...); empty: every CUDA device
+    slurm: SlurmParams = field(default_factory=SlurmParams)  # slurm executor: the job array
 
     def __post_init__(self) -> None:
         if not 0 <= self.shard_index < self.shard_count:
             raise FieldError("shard_index", f"need 0 <= shard_index < shard_count, got {self.shard_index}")
         if self.chunk_size < 1 or self.workers < 1:
             raise FieldError("chunk_size", "chunk_size and workers must be positive")
+        if self.devices and self.executor is not ExecutorKind.GPUS:
+            raise FieldError("devices", f"only the gpus executor reads it (executor is {self.executor.value})")
+        check_devices(self.devices, self.device)
+        if self.executor is ExecutorKind.SLURM:
+            if self.shard_count != 1:
+                raise FieldError(
+                    "shard_count", "the slurm executor shards by itself (slurm.tasks); leave shard_index and "
+                    "shard_count out"
+                )  # fmt: skip
+            if self.device == "cuda" and self.slurm.gpus_per_task == 0:
+                raise FieldError("slurm.gpus_per_task", "extraction.device is cuda: each task needs a GPU (1)")
+
+    @property
+    def task_device(self) -> str:
+        """The kind of device a Slurm array task extracts on (what decides each encoder's precision)."""
+        if self.device != "auto":
+            return self.device
+        return "cuda" if self.slurm.gpus_per_task > 0 else "cpu"
 
 
 @dataclass(frozen=True)
@@ -360,14 +382,15 @@ class Params:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# Settings that change speed or presentation, never a result: shards and workers are proven to give the same bytes.
+# Settings that change speed or presentation, never a result: shards, workers and executors are proven to give the
+# same bytes (tests/test_executors.py).
 _NOT_RESULTS: dict[str, tuple[str, ...]] = {
     "source": (),
     "description": (),
     "gallery": (),
     "figures": (),
     "demo_cohort": ("workers",),
-    "extraction": ("workers", "shard_index", "shard_count"),
+    "extraction": ("workers", "shard_index", "shard_count", "executor", "devices", "slurm"),
     "probe": ("workers",),
 }
 

@@ -49,6 +49,47 @@ class ExtractionError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class UnitRef:
+    """The unit an extraction stopped at: enough to find its images and its file."""
+
+    source_id: str
+    cohort: str
+    index: int  # position in the unsplit plan
+    chunk: int
+    view: str  # clean, or the condition's name
+    first_image: str
+    last_image: str
+    key: str
+
+    def __str__(self) -> str:
+        return (
+            f"unit {self.index} ({self.source_id} / {self.cohort}, chunk {self.chunk}: images {self.first_image} "
+            f"to {self.last_image}, view {self.view}; key {self.key[:16]})"
+        )
+
+
+_UNIT_ATTRIBUTE = "extraction_unit"
+
+
+def failed_unit(error: BaseException) -> UnitRef | None:
+    """The unit an exception raised by ``run_extraction`` stopped at (None: it stopped before any unit)."""
+    return getattr(error, _UNIT_ATTRIBUTE, None)
+
+
+def _blame(error: BaseException, plan: Plan, unit: Unit) -> None:
+    """Name the unit on the exception itself, keeping its type (an unreadable image stays a user error); the
+    first unit named wins, so a write that fails is not blamed on the unit computed after it."""
+    if failed_unit(error) is not None:
+        return
+    chunk = plan.chunks[unit.chunk]
+    ref = UnitRef(
+        plan.source_id, plan.cohort, unit.index, unit.chunk, unit.name, chunk[0].image_id, chunk[-1].image_id, unit.key
+    )
+    setattr(error, _UNIT_ATTRIBUTE, ref)
+    error.add_note(f"while extracting {ref}")
+
+
+@dataclass(frozen=True)
 class Unit:
     index: int  # position in the unsplit plan: shard i of n takes index % n == i
     chunk: int
@@ -289,26 +330,39 @@ def run_extraction(
                 source.prepare(view)
             return view
 
-        def save(unit: Unit, arrays: dict) -> None:
-            store.write(unit.key, arrays)
-            if on_unit_done is not None:
-                on_unit_done(unit)
+        def save(plan: Plan, unit: Unit, arrays: dict) -> None:
+            try:
+                store.write(unit.key, arrays)
+                if on_unit_done is not None:
+                    on_unit_done(unit)
+            except Exception as err:
+                _blame(err, plan, unit)
+                raise
 
         upcoming: Future | None = ahead.submit(prepare, tasks[0]) if tasks else None
         saving: Future | None = None
-        for position, task in enumerate(tasks):
-            view = upcoming.result()
-            upcoming = ahead.submit(prepare, tasks[position + 1]) if position + 1 < len(tasks) else None
-            for j, unit in pending[task]:
-                source, plan = jobs[j]
-                arrays = unit_arrays(source, view, unit, plan.chunks[unit.chunk])
-                if saving is not None:
-                    saving.result()  # one write in flight: a failed write stops the run at the next unit
-                saving = writer.submit(save, unit, arrays)
-                encoded[j] += len(view)
-                bar.update(len(view))
-        if saving is not None:
-            saving.result()
+        at: tuple[Plan, Unit] | None = None
+        try:
+            for position, task in enumerate(tasks):
+                j, unit = pending[task][0]
+                at = (jobs[j][1], unit)  # a view that cannot be prepared stops at its first unit
+                view = upcoming.result()
+                upcoming = ahead.submit(prepare, tasks[position + 1]) if position + 1 < len(tasks) else None
+                for j, unit in pending[task]:
+                    source, plan = jobs[j]
+                    at = (plan, unit)
+                    arrays = unit_arrays(source, view, unit, plan.chunks[unit.chunk])
+                    if saving is not None:
+                        saving.result()  # one write in flight: a failed write stops the run at the next unit
+                    saving = writer.submit(save, plan, unit, arrays)
+                    encoded[j] += len(view)
+                    bar.update(len(view))
+            if saving is not None:
+                saving.result()
+        except Exception as err:
+            if at is not None:
+                _blame(err, *at)
+            raise
     bar.close()
     seconds = time.perf_counter() - started
     return [

@@ -23,6 +23,7 @@ from lesionsignal.core.kinds import Pool
 from lesionsignal.features.encoder import Encoder
 from lesionsignal.features.geometry import BoxOutsideCrop
 from lesionsignal.features.model_input import View
+from lesionsignal.features.registry import EncoderSpec
 
 RAW_GLOBAL_SIDE = 64  # area-downsampled whole image: 4,096 features
 RAW_ORACLE_SIDE = 32  # window centred on the known patch: 1,024 features
@@ -106,6 +107,55 @@ class RawPixels:
         return Pooled({Pool.RAW_GLOBAL: global_raw}, np.stack(local) if local else np.zeros((0, width), np.float32))
 
 
+def encoder_key(spec: EncoderSpec, dtype: torch.dtype, seed: int) -> str:
+    """An encoder's content key: its spec (weights pinned by digest when they have one, so where the checkout lies
+    does not matter), the precision it runs in, and the build seed of a random-init encoder."""
+    build_seed = seed if spec.random_init else None
+    if spec.weights_sha256 is not None:
+        spec = replace(spec, source=f"sha256:{spec.weights_sha256}")
+    return stable_digest("encoder", spec, str(dtype), build_seed)
+
+
+@dataclass(frozen=True)
+class PlannedEncoder:
+    """An encoder as a plan sees it, without its weights: the id, key, pools and geometry of the source the
+    workers will load. A process that only submits, waits and assembles (the gpus and slurm executors) plans and
+    reads units with it, so a 7B model is never loaded where it does not run."""
+
+    spec: EncoderSpec
+    dtype: torch.dtype
+    seed: int = 0
+
+    @property
+    def source_id(self) -> str:
+        return self.spec.id
+
+    @property
+    def key(self) -> str:
+        return encoder_key(self.spec, self.dtype, self.seed)
+
+    @property
+    def global_names(self) -> tuple[Pool, ...]:
+        return (Pool.CLS, Pool.PATCH_MEAN)
+
+    @property
+    def local_name(self) -> Pool:
+        return Pool.PATCH_LOCAL
+
+    def can_pool(self, box: Box, canvas_size: int) -> bool:
+        try:
+            self.spec.geometry.token_mask(box, canvas=canvas_size)
+        except BoxOutsideCrop:
+            return False
+        return True
+
+    def prepare(self, view: View) -> None:
+        raise TypeError(f"{self.spec.id}: a planned encoder has no weights; load it to extract")
+
+    def pool(self, view: View, boxes: Sequence[Sequence[Box]]) -> Pooled:
+        raise TypeError(f"{self.spec.id}: a planned encoder has no weights; load it to extract")
+
+
 @dataclass
 class EncoderFeatures:
     """A frozen encoder as a feature source: its global vector (``cls``), the patch-token mean, patch-local means.
@@ -128,12 +178,7 @@ class EncoderFeatures:
 
     @property
     def key(self) -> str:
-        enc = self.encoder
-        seed = self.seed if enc.spec.random_init else None
-        spec = enc.spec
-        if spec.weights_sha256 is not None:  # weights pinned by digest: where the checkout lies does not matter
-            spec = replace(spec, source=f"sha256:{spec.weights_sha256}")
-        return stable_digest("encoder", spec, str(enc.dtype), seed)
+        return encoder_key(self.encoder.spec, self.encoder.dtype, self.seed)
 
     @property
     def global_names(self) -> tuple[Pool, ...]:

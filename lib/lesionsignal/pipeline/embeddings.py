@@ -1,8 +1,9 @@
 """The embeddings stage: every feature source over every panel cohort's detection set, clean and perturbed.
 
 The raw-pixel baselines and the encoders of the run go over each cohort together (each image decoded and perturbed
-once for all of them) through the one extraction engine; once every unit exists (all shards), one file per
-(source, cohort, condition) is assembled in the stage's folder for the probes and the separation measures.
+once for all of them) through the one extraction engine, run where ``extraction.executor`` says (this process, one
+worker per device, or a Slurm array: ``pipeline.executors``); once every unit exists (all shards), one file per
+(source, cohort, condition) is assembled here, in the stage's folder, for the probes and the separation measures.
 """
 
 from __future__ import annotations
@@ -14,26 +15,24 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lesionsignal.config.params import Analysis, EncoderParams, Params
-from lesionsignal.core.cache import Store
+from lesionsignal.config.params import Analysis, Params
 from lesionsignal.core.files import save_arrays
-from lesionsignal.data.canvas_store import canvas_store
 from lesionsignal.data.images import ImageItem
-from lesionsignal.features.encoder import load_encoder
 from lesionsignal.features.extraction import (
     ExtractionReport,
-    Plan,
     assemble_panel,
     describe_files,
     panel_plan,
-    run_extraction,
     unit_store,
 )
-from lesionsignal.features.pools import EncoderFeatures, FeatureSource, RawPixels
+from lesionsignal.features.pools import EncoderFeatures, FeatureSource, PlannedEncoder, RawPixels
 from lesionsignal.features.registry import resolve_spec
 from lesionsignal.features.token_maps import encoder_token_pca
 from lesionsignal.pipeline.cohorts import detection_items, manifests
+from lesionsignal.pipeline.executors import run_step
+from lesionsignal.pipeline.sources import device_for, encoder_source, panel_sources
 from lesionsignal.pipeline.stage import Run, StageName, write_output
+from lesionsignal.pipeline.units import JobSet, UnitStep
 from lesionsignal.stimuli.panel import Condition, panel
 from lesionsignal.stimuli.placement import Placement
 
@@ -54,34 +53,6 @@ def placement(params: Params) -> Placement:
 
 def conditions(params: Params) -> list[Condition]:
     return panel(params.panel.conditions)
-
-
-def device_for(params: Params) -> str:
-    import torch
-
-    wanted = params.extraction.device
-    if wanted == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{params.source}: extraction.device is cuda but no CUDA device is available")
-    return wanted
-
-
-def encoder_source(entry: EncoderParams, device: str) -> EncoderFeatures:
-    import torch
-
-    spec = resolve_spec(entry.id, source=entry.source, revision=entry.revision)
-    dtype = getattr(torch, entry.dtype)
-    if device == "cpu" and dtype is not torch.float32:
-        dtype = torch.float32  # half precision is a GPU setting; the vectors are keyed by the dtype actually used
-    encoder = load_encoder(spec, device=device, dtype=dtype, seed=entry.seed)
-    return EncoderFeatures(encoder, batch_size=entry.batch_size, seed=entry.seed)
-
-
-def encoder_sources(params: Params) -> list[EncoderFeatures]:
-    """Every encoder of the run, loaded on the run's device."""
-    device = device_for(params)
-    return [encoder_source(entry, device) for entry in params.encoders]
 
 
 def source_ids(params: Params) -> list[str]:
@@ -156,38 +127,50 @@ def write_token_maps(run: Run, encoders: Sequence[EncoderFeatures]) -> None:
     save_arrays(run.catalog.stage(StageName.EMBEDDINGS) / TOKEN_MAPS, arrays)
 
 
-def extract(run: Run, jobs: Sequence[tuple[FeatureSource, Plan]], store: Store) -> list[ExtractionReport]:
-    """The engine over ``jobs`` with the run's shard, workers and progress settings."""
-    settings = run.params.extraction
-    shard = (settings.shard_index, settings.shard_count)
-    canvases = canvas_store(run.catalog.canvases) if settings.canvas_store else None
-    return run_extraction(jobs, store, shard=shard, workers=settings.workers, progress=run.progress, canvases=canvases)
+def panel_sets(run: Run, sources: Sequence[FeatureSource]) -> list[JobSet]:
+    """Every panel cohort's detection set, clean and under every condition of the run, for ``sources`` together
+    (each image decoded and perturbed once for all of them)."""
+    params = run.params
+    store = unit_store(run.catalog.units)
+    chosen = conditions(params)
+    sets = []
+    for name, records in manifests(run, Analysis.PANEL).items():
+        items = detection_items(records, params.cohort(name))
+        plans = [
+            panel_plan(store, s, name, items, chosen, placement(params), params.extraction.chunk_size) for s in sources
+        ]
+        sets.append(JobSet(name, tuple(zip(sources, plans, strict=True))))
+    return sets
+
+
+def _loaded_twins(run: Run, sources: Sequence[FeatureSource]) -> list[EncoderFeatures]:
+    """The encoders of the token-map figure, loaded: the run's own after a local extraction; else (the executor
+    loaded them elsewhere) each trained encoder and its twin loaded here, on the run's device."""
+    loaded = [s for s in sources if isinstance(s, EncoderFeatures)]
+    if loaded or not twin_pairs(run.params):
+        return loaded
+    wanted = {i for pair in twin_pairs(run.params) for i in pair}
+    device = device_for(run.params)
+    return [encoder_source(e, device) for e in run.params.encoders if e.id in wanted]
+
+
+PANEL_UNITS = UnitStep(StageName.EMBEDDINGS, panel_sources, panel_sets)
 
 
 def compute(run: Run) -> bool:
-    params = run.params
-    store = unit_store(run.catalog.units)
-    encoders = encoder_sources(params)
-    sources: list[FeatureSource] = [RawPixels(), *encoders]
-    labels = {RawPixels().source_id: RAW_LABEL, **{e.source_id: e.spec.label for e in encoders}}
-    chosen = conditions(params)
-    reports, files, complete = [], {}, True
-    for name, records in manifests(run, Analysis.PANEL).items():
-        items = detection_items(records, params.cohort(name))
-        jobs = [
-            (s, panel_plan(store, s, name, items, chosen, placement(params), params.extraction.chunk_size))
-            for s in sources
-        ]
-        done = extract(run, jobs, store)
-        reports += done
-        for (source, plan), report in zip(jobs, done, strict=True):
+    done = run_step(run, PANEL_UNITS)
+    specs = {s.source_id: s.spec for s in done.sources if isinstance(s, EncoderFeatures | PlannedEncoder)}
+    labels = {RawPixels().source_id: RAW_LABEL, **{i: spec.label for i, spec in specs.items()}}
+    reports, files = [], {}
+    for job_set, set_reports in zip(done.sets, done.reports, strict=True):
+        reports += set_reports
+        for (source, plan), report in zip(job_set.jobs, set_reports, strict=True):
             if report.complete:
-                target = folder(run, source.source_id, name)
-                files[(source.source_id, name)] = assemble_panel(source, plan, store, target)
-            complete &= report.complete
+                target = folder(run, source.source_id, job_set.cohort)
+                files[(source.source_id, job_set.cohort)] = assemble_panel(source, plan, done.store, target)
     summary = _summary(reports, files, labels)
     write_output(run, StageName.EMBEDDINGS, TIMING, summary)
-    if complete:
-        write_token_maps(run, encoders)
+    if done.complete:
+        write_token_maps(run, _loaded_twins(run, done.sources))
         write_output(run, StageName.EMBEDDINGS, SUMMARY, summary[STABLE_COLUMNS])
-    return complete
+    return done.complete

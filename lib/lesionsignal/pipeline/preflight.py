@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lesionsignal.config.execution import ClusterKind, ExecutorKind
 from lesionsignal.config.params import (
     Analysis,
     CohortKind,
@@ -52,7 +53,9 @@ from lesionsignal.features.sources import check_source, hub_offline, is_remote
 from lesionsignal.paper.outputs import frame_to_markdown
 from lesionsignal.pipeline import cohorts as cohort_stage
 from lesionsignal.pipeline.catalog import Catalog
-from lesionsignal.pipeline.embeddings import conditions, device_for
+from lesionsignal.pipeline.device_workers import planning_device
+from lesionsignal.pipeline.embeddings import conditions
+from lesionsignal.pipeline.sources import device_for
 from lesionsignal.pipeline.stage import Run
 
 REPORT = "preflight"
@@ -222,14 +225,29 @@ def _box_counts(cohort: str, manifest: Manifest) -> list[dict]:
     ]
 
 
+def _extraction_device(params: Params, report: Report) -> tuple[str | None, bool]:
+    """The kind of device the units are computed on (it decides each encoder's precision), and whether this
+    machine has one to measure. A Slurm array's tasks run on the cluster's devices, not on this machine's."""
+    settings = params.extraction
+    if settings.executor is ExecutorKind.LOCAL:
+        try:
+            return device_for(params), True
+        except RuntimeError as err:
+            report.add(Severity.FATAL, "extraction.device", str(err))
+            return None, False  # the encoders are still checked; there is no rate to measure
+    import torch
+
+    gpus = settings.executor is ExecutorKind.GPUS
+    kind = planning_device(settings) if gpus else settings.task_device
+    here = kind == "cpu" or torch.cuda.is_available()
+    if gpus and not here:
+        report.add(Severity.FATAL, "extraction.executor", "gpus: no CUDA device visible here (extraction.devices)")
+    return kind, here
+
+
 def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bool) -> None:
     params = run.params
-    device: str | None
-    try:
-        device = device_for(params)
-    except RuntimeError as err:
-        report.add(Severity.FATAL, "extraction.device", str(err))
-        device = None  # the encoders are still checked; there is no rate to measure
+    device, here = _extraction_device(params, report)
     passes = _forward_passes(params, sizes)
     speeds: dict[str, DeviceSpeed] = {}
     for i, entry in enumerate(params.encoders):
@@ -244,7 +262,7 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
         dtype = "float32" if device == "cpu" else entry.dtype
         if device == "cpu" and entry.dtype != "float32":
             report.add(Severity.NOTE, where, f"dtype {entry.dtype} is a GPU setting: on the CPU it runs in float32")
-        speed = speeds.get(dtype) or (device_speed(device, dtype) if measure and device else None)
+        speed = speeds.get(dtype) or (device_speed(device, dtype) if measure and device and here else None)
         if speed is not None:
             speeds[dtype] = speed
             report.device = speed
@@ -271,6 +289,38 @@ def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bo
             )
         )
     _check_disk(run, passes, _extracted_images(params, sizes), report)
+    _check_execution(run, passes, report, measured=here)
+
+
+def _check_execution(run: Run, passes: int, report: Report, measured: bool) -> None:
+    """A Slurm array: whether sbatch is here, what each task does, and whether the time limit looks enough."""
+    settings = run.params.extraction
+    if settings.executor is not ExecutorKind.SLURM:
+        return
+    block = settings.slurm
+    where = "extraction.slurm"
+    if block.cluster is ClusterKind.SLURM and shutil.which("sbatch") is None:
+        report.add(Severity.FATAL, f"{where}.cluster", "no sbatch on this machine: run from a Slurm login node")
+    at_once = f"at most {block.max_parallel} at once" if block.max_parallel else "as many at once as the queue allows"
+    report.add(
+        Severity.NOTE,
+        where,
+        f"{block.tasks} array tasks ({at_once}), each about {-(-passes // block.tasks):,} forward passes per encoder "
+        f"on {block.gpus_per_task} GPU, {block.cpus_per_task} CPUs and {block.memory} for at most {block.time}; "
+        f"a task past its time is requeued up to {block.max_requeues} times and resumes from its finished units",
+    )
+    if not measured:
+        report.add(Severity.NOTE, where, "no GPU here to measure a rate: `make check` on a GPU node gives the hours")
+        return
+    slowest = max((plan.hours_at_measured_rate or 0.0 for plan in report.encoders), default=0.0)
+    per_task = sum(plan.hours_at_measured_rate or 0.0 for plan in report.encoders) / block.tasks
+    if per_task * 60 > block.minutes:
+        report.add(
+            Severity.WARNING,
+            f"{where}.time",
+            f"each task needs at least {per_task:.2f} h of model time at this machine's rate ({slowest:.2f} h for "
+            f"the slowest encoder over all tasks) but has {block.time}: raise slurm.time or slurm.tasks",
+        )
 
 
 def _shown_source(spec: EncoderSpec, root: Path) -> str:

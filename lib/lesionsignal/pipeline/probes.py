@@ -33,12 +33,12 @@ from lesionsignal.paper.registry import T9_CONDITIONS
 from lesionsignal.pipeline.cohorts import detection_items, manifests, splits_of
 from lesionsignal.pipeline.embeddings import (
     conditions,
-    device_for,
     embedding_file,
     placement,
     source_ids,
     twin_pairs,
 )
+from lesionsignal.pipeline.sources import device_for
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 
 DETECTION = "detection.json"  # every detection probe and the fine-tuned CNN's rows (RESULT_COLUMNS)
