@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lesionsignal.analysis.lesions import stratum_auc
+from lesionsignal.analysis.lesions import LesionError, stratum_auc
 from lesionsignal.analysis.mil import MilConfig, fit_mil
 from lesionsignal.analysis.probe import ProbeConfig, fit_probe, grouped_stratified_folds
 from lesionsignal.analysis.readouts import Scored, readout_row
@@ -155,7 +155,10 @@ def compare_rois(design: RoiDesign, config: ProbeConfig, settings: RoiSettings) 
             row["hit_rate"], row["n_hits"] = float(hit.mean()), int(hit.sum())
         row["n_positive"] = int(positive.sum())
         if design.strata_test is not None:
-            strata = stratum_auc(labels, result.test_scores, design.strata_test)
+            try:
+                strata = stratum_auc(labels, result.test_scores, design.strata_test)
+            except LesionError:  # a stratum without positives (every area at the median): no size comparison
+                strata = {}
             row["auc_small"], row["auc_large"] = strata.get("small", np.nan), strata.get("large", np.nan)
         rows.append({c: row.get(c, np.nan) for c in ROI_COLUMNS})
     return rows
