@@ -30,9 +30,11 @@ from lesionsignal.data.canvas_store import stored_canvases
 from lesionsignal.features.depth import forward_depth, has_attention
 from lesionsignal.features.extraction import Plan, Unit
 from lesionsignal.features.geometry import Geometry
+from lesionsignal.features.loaders import skeleton
 from lesionsignal.features.model_input import Change, View
 from lesionsignal.features.pools import EncoderFeatures, local_means
-from lesionsignal.features.registry import EncoderSpec
+from lesionsignal.features.registry import EncoderKind, EncoderSpec
+from lesionsignal.features.study_shapes import real_size
 from lesionsignal.stimuli.inject import apply_patch
 
 TOKENS = "tokens"  # the last block's patch-token grid, float16
@@ -40,6 +42,7 @@ ATTENTION = "attention"  # the last block's global-to-patch attention, heads ave
 ROLLOUT = "rollout"  # attention rollout through every block
 _INDEX = ("image_ids", "box_image", "boxes")
 TOKEN_DTYPE = np.float16
+RESNET_STAGES = 4
 
 
 class DepthError(RuntimeError):
@@ -288,3 +291,36 @@ def token_grid_bytes(spec: EncoderSpec, images: int, layers: int) -> int:
     per_image = grid * grid * spec.dim * np.dtype(TOKEN_DTYPE).itemsize + 3 * layers * spec.dim * 4
     per_image += 2 * grid * grid * 4 if has_attention(spec) else 0
     return images * per_image
+
+
+def block_count(spec: EncoderSpec) -> int:
+    """Blocks a depth unit reads for ``spec`` (a ResNet's four stages), from its shapes on the meta device."""
+    if spec.kind is EncoderKind.RESNET:
+        return RESNET_STAGES
+    module = skeleton(spec)
+    if module is None:
+        raise DepthError(f"{spec.id}: no configuration on this machine to count its blocks")
+    if spec.kind is EncoderKind.OPEN_CLIP:
+        return len(module.trunk.blocks)
+    return int(module.config.num_hidden_layers)
+
+
+def study_storage(study_ids: Sequence[str], views: int) -> list[dict[str, object]]:
+    """Per study encoder at its real shape: blocks, grid, width, disk per view and for ``views`` views."""
+    rows = []
+    for study_id in study_ids:
+        spec = real_size(study_id)
+        blocks = block_count(spec)
+        per_view = token_grid_bytes(spec, images=1, layers=blocks)
+        rows.append(
+            {
+                "model": study_id,
+                "blocks": blocks,
+                "grid": f"{spec.geometry.grid} x {spec.geometry.grid}",
+                "width": spec.dim,
+                "mib_per_view": round(per_view / 2**20, 3),
+                "views": views,
+                "gib": round(views * per_view / 2**30, 1),
+            }
+        )
+    return rows

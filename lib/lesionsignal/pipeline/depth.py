@@ -56,6 +56,8 @@ STORAGE = "storage.json"  # disk the depth units take, per encoder and part
 SKIPPED = "skipped.json"  # cells that cannot be fitted, and why
 TIMING = "timing.json"
 NATIVE_FOLDER = "native"
+STUDY_PARAMS = "params/paper.yaml"  # the study run whose depth subset the disk estimate sizes
+CHESTXDET10_IMAGES = 3543  # train + test (protocol section 1.3): the study's lesion cohort, read whole by default
 
 
 def settings(params: Params) -> DepthSettings:
@@ -199,6 +201,15 @@ def _native(run: Run, encoders: list[EncoderFeatures], timings: list[dict]) -> t
     timings.append({"step": "native probes", "seconds": round(time.perf_counter() - started, 1)})
     patch_px = {s.source_id: s.encoder.spec.geometry.patch for s in encoders}
     return footprint_table(done.results, patch_px, {c.name: c.patch for c in chosen}), True
+
+
+def study_views(study: Params, lesion_images: int) -> int:
+    """Views a study run's depth units hold: each panel cohort's subset under every condition and clean, and the
+    lesion cohorts' images (``lesion_images`` each unless ``depth.lesion_images`` caps them)."""
+    depth = study.depth
+    panel_views = len(study.cohorts_for(Analysis.PANEL)) * depth.panel_images * (1 + len(depth.conditions))
+    per_lesion_cohort = min(lesion_images, depth.lesion_images or lesion_images)
+    return panel_views * bool(depth.conditions) + len(study.cohorts_for(Analysis.LESIONS)) * per_lesion_cohort
 
 
 def _storage(run: Run, sources: list[DepthSource]) -> pd.DataFrame:
