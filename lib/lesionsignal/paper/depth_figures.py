@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from lesionsignal.analysis.native_resolution import CHANCE
 from lesionsignal.paper.figures import POOL_COLOURS, FigureError
@@ -116,6 +117,9 @@ def plot_native(table: pd.DataFrame, title: str) -> Figure:
         ax.axvline(1.0, color="#333333", lw=0.8, ls=":")
         _chance(ax)
         ax.set_xscale("log")
+        ticks = sorted({*own["patches"].round(3), 1.0})
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45, fontsize=7)
         ax.set_xlabel("stimulus side (patches; best condition per size)", fontsize=8)
         ax.set_ylabel("AUC", fontsize=8)
         ax.set_title(f"{model} / {dataset}", fontsize=8)
