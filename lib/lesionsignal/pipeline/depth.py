@@ -99,10 +99,10 @@ def _panel(run: Run, sources: list[DepthSource], timings: list[dict]) -> list[Ce
         jobs = [(s, panel_plan(store, s, name, items, chosen, where, params.extraction.chunk_size)) for s in sources]
         started = time.perf_counter()
         reports = run_depth(jobs, store, canvases, run.progress)
-        for report in reports:
-            timings.append({"step": "depth units", "cohort": name, "model": report.source_id,
-                            "computed": report.computed, "units": report.units,
-                            "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+        computed = sum(r.computed for r in reports)
+        timings.append({"step": "depth units", "cohort": name, "computed": computed,
+                        "units": sum(r.units for r in reports),
+                        "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
         splits = splits_of(records)
         for source, plan in jobs:
             started = time.perf_counter()
