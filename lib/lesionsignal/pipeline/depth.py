@@ -5,7 +5,8 @@ Reads the cohorts stage's manifests only. Per panel cohort, ``depth.panel_images
 (``features.depth_units``); per lesion cohort, ``depth.lesion_images`` of its images, clean. Then, per encoder, the
 layer-wise probes, the readouts and the ROIs (``analysis.depth_study``). The native-resolution control draws
 ``depth.native_conditions`` into each encoder's own input size through the extraction engine, with a canvas of the
-encoder's resize side, and probes the three pools as section 03 does.
+encoder's resize side, and probes the three pools as section 03 does. Everything runs in this process, unsharded:
+the subsets are small beside the panel.
 """
 
 from __future__ import annotations
@@ -39,10 +40,18 @@ from lesionsignal.data.canvas_store import canvas_store
 from lesionsignal.data.images import ImageItem
 from lesionsignal.data.manifest import Manifest
 from lesionsignal.features.depth_units import DepthSource, depth_store, read_depth, run_depth, units_bytes
-from lesionsignal.features.extraction import CLEAN, Unit, assemble_panel, box_plan, panel_plan, unit_store
+from lesionsignal.features.extraction import (
+    CLEAN,
+    Unit,
+    assemble_panel,
+    box_plan,
+    panel_plan,
+    run_extraction,
+    unit_store,
+)
 from lesionsignal.features.pools import EncoderFeatures
 from lesionsignal.pipeline.cohorts import detection_items, manifests, splits_of
-from lesionsignal.pipeline.embeddings import encoder_sources, extract, placement
+from lesionsignal.pipeline.embeddings import device_for, encoder_source, placement
 from lesionsignal.pipeline.probes import probe_config
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 from lesionsignal.stimuli.panel import panel
@@ -174,6 +183,7 @@ def _native(run: Run, encoders: list[EncoderFeatures], timings: list[dict]) -> t
     if not chosen:
         return pd.DataFrame(), True
     store = unit_store(run.catalog.units)
+    canvases = canvas_store(run.catalog.canvases) if params.extraction.canvas_store else None
     files, splits, complete = [], {}, True
     for name, records in manifests(run, Analysis.PANEL).items():
         items = subset(detection_items(records, params.cohort(name)), depth.native_images, depth.seed)
@@ -182,7 +192,10 @@ def _native(run: Run, encoders: list[EncoderFeatures], timings: list[dict]) -> t
             started = time.perf_counter()
             plan = panel_plan(store, source, name, items, chosen, native_placement(params, source),
                               params.extraction.chunk_size)  # fmt: skip
-            (report,) = extract(run, [(source, plan)], store)
+            # In this process and unsharded, like the depth units: the control is a small panel on a subset.
+            (report,) = run_extraction(
+                [(source, plan)], store, workers=params.extraction.workers, progress=run.progress, canvases=canvases
+            )
             timings.append({"step": "native extraction", "cohort": name, "model": source.source_id,
                             "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
             complete &= report.complete
@@ -252,7 +265,8 @@ def _storage_row(
 
 def compute(run: Run) -> bool:
     timings: list[dict] = []
-    encoders = encoder_sources(run.params)
+    device = device_for(run.params)
+    encoders = [encoder_source(entry, device) for entry in run.params.encoders]
     sources = [DepthSource(e) for e in encoders]
     results = _panel(run, sources, timings) + _lesions(run, sources, timings)
     native, complete = _native(run, encoders, timings)
