@@ -296,6 +296,50 @@ class SeparationParams:
 
 
 @dataclass(frozen=True)
+class DepthParams:
+    """Section 07: where in the forward pass the signal is lost, and whether the model finds the region itself.
+
+    Only a subset is read at every block and keeps its last token grid (half precision): ``panel_images`` images of
+    each panel cohort's detection set under ``conditions``, and ``lesion_images`` of each lesion cohort."""
+
+    conditions: tuple[str, ...] = ()  # panel conditions read at every block; empty: no panel part
+    panel_images: int = 200  # of the detection set, drawn with ``seed`` (train / test as the cohort splits them)
+    lesion_images: int | None = None  # of each lesion cohort; None: every image
+    roi_tokens: int = 4  # tokens a model-chosen ROI keeps
+    mil_pool: Literal["max", "top_k"] = "top_k"  # the MIL scorer's image score
+    mil_top_k: int = 4
+    mil_l2: float = 1e-2
+    attentive_weight_decays: tuple[float, ...] = (1e-3, 1e-1)  # chosen by the probe's grouped CV
+    knn_k: tuple[int, ...] = (5, 15, 45)  # chosen by the probe's grouped CV
+    fit_steps: int = 50  # L-BFGS iterations of the attentive probe and the MIL scorer
+    native_conditions: tuple[str, ...] = ()  # drawn at each encoder's native resolution; empty: no native part
+    native_images: int | None = None  # of the detection set; None: all of it
+    seed: int = 42  # the subsets, and the borrowed boxes of the box cohort's negatives
+
+    def __post_init__(self) -> None:
+        known = condition_names()
+        for key in ("conditions", "native_conditions"):
+            for i, name in enumerate(getattr(self, key)):
+                if name not in known:
+                    raise FieldError(f"{key}[{i}]", f"unknown condition {name!r} (known: {', '.join(known)})")
+        for key in ("panel_images", "lesion_images", "native_images"):
+            value = getattr(self, key)
+            if value is not None and value < 8:
+                raise FieldError(key, f"need at least 8 images, got {value}")
+        for key in ("roi_tokens", "mil_top_k", "fit_steps"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, f"must be at least 1, got {getattr(self, key)}")
+        if not self.mil_l2 >= 0:
+            raise FieldError("mil_l2", f"must be non-negative, got {self.mil_l2}")
+        if not self.attentive_weight_decays or any(not w > 0 for w in self.attentive_weight_decays):
+            raise FieldError(
+                "attentive_weight_decays", f"need positive values, got {list(self.attentive_weight_decays)}"
+            )
+        if not self.knn_k or any(k < 1 for k in self.knn_k):
+            raise FieldError("knn_k", f"need positive neighbour counts, got {list(self.knn_k)}")
+
+
+@dataclass(frozen=True)
 class Params:
     name: str
     run: RunKind
@@ -312,6 +356,7 @@ class Params:
     lesions: LesionParams = field(default_factory=LesionParams)
     sfdi: SfdiParams = field(default_factory=SfdiParams)
     separation: SeparationParams = field(default_factory=SeparationParams)
+    depth: DepthParams = field(default_factory=DepthParams)  # section 07
     source: str = ""  # the YAML file these came from
 
     @property

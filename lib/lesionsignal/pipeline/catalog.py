@@ -45,6 +45,11 @@ class Catalog:
         return self.cache / "units"
 
     @property
+    def depth_units(self) -> Path:
+        """Depth units: a subset read at every block, token grids kept (``features.depth_units``)."""
+        return self.cache / "depth"
+
+    @property
     def canvases(self) -> Path:
         """Decoded canvases of every cohort's images (``data.canvas_store``), shared by runs and shards."""
         return self.cache / "canvases"

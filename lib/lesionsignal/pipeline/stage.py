@@ -34,6 +34,7 @@ class StageName(enum.StrEnum):
     EMBEDDINGS = "embeddings"  # pooled vectors of every source over the panel, clean and perturbed
     PROBES = "probes"  # detection probes, the fine-tuned CNN ceiling, disease probes and protocol
     LESIONS = "lesions"  # natural lesions: design, box-level extraction, probes, paired tests
+    DEPTH = "depth"  # every block of a subset, model-chosen ROIs, learned readouts, native resolution
 
 
 class StageIncomplete(UserError, RuntimeError):

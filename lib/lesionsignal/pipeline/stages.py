@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from lesionsignal.core.errors import user_errors_exit
-from lesionsignal.pipeline import cohorts, embeddings, lesions, probes
+from lesionsignal.pipeline import cohorts, depth, embeddings, lesions, probes
 from lesionsignal.pipeline.stage import (
     Run,
     Stage,
@@ -37,6 +37,7 @@ STAGES: Mapping[StageName, Stage] = MappingProxyType(
         ),
         StageName.PROBES: Stage(StageName.PROBES, "03", (StageName.EMBEDDINGS,), probes.__name__, probes.compute),
         StageName.LESIONS: Stage(StageName.LESIONS, "04", (StageName.COHORTS,), lesions.__name__, lesions.compute),
+        StageName.DEPTH: Stage(StageName.DEPTH, "07", (StageName.COHORTS,), depth.__name__, depth.compute),
     }
 )
 
