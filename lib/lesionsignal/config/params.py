@@ -22,7 +22,7 @@ from lesionsignal.demo.config import DemoCohortConfig
 from lesionsignal.paper.outputs import RunLabel
 from lesionsignal.paper.registry import SFDI_PANEL
 from lesionsignal.stimuli.convention import Convention, PanelSwitches
-from lesionsignal.stimuli.panel import PanelError, condition_names
+from lesionsignal.stimuli.panel import Condition, Family, PanelError, all_condition_names, resolve_panel
 
 T = TypeVar("T")
 
@@ -43,6 +43,8 @@ class PanelParams:
     margin: float = 0.15  # the paper's central 70 %; the authors' final code used 0.20
     base_seed: int = 42
     conditions: tuple[str, ...] = ()  # empty: the whole 29-condition panel
+    # families the paper did not test (quantum_noise, jpeg, line_streak), added to the panel when listed here
+    extra_families: tuple[Family, ...] = ()
     # spec: the protocol text; authors: the authors' code pixel for pixel (docs/PROTOCOL.md section 2)
     convention: Convention = Convention.SPEC
     switches: dict[str, str] = field(default_factory=dict)  # single switches set apart from the convention
@@ -50,6 +52,10 @@ class PanelParams:
     def resolved_switches(self) -> PanelSwitches:
         """The convention's switches with this run's overrides."""
         return PanelSwitches.for_convention(self.convention).with_overrides(self.switches)
+
+    def chosen(self) -> list[Condition]:
+        """The run's conditions: ``conditions`` (empty: the paper's 29), then the switched-on extra families'."""
+        return resolve_panel(self.conditions, self.extra_families)
 
     def __post_init__(self) -> None:
         try:
@@ -60,10 +66,14 @@ class PanelParams:
             raise FieldError("canvas_size", f"must be at least 64, got {self.canvas_size}")
         if not 0.0 <= self.margin < 0.5:
             raise FieldError("margin", f"must be in [0, 0.5), got {self.margin}")
-        known = condition_names()
+        known = all_condition_names()
         for i, name in enumerate(self.conditions):
             if name not in known:
                 raise FieldError(f"conditions[{i}]", f"unknown condition {name!r} (known: {', '.join(known)})")
+        try:
+            self.chosen()
+        except PanelError as err:
+            raise FieldError("extra_families", str(err)) from None
 
 
 @dataclass(frozen=True)

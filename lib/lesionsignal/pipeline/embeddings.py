@@ -34,7 +34,7 @@ from lesionsignal.features.registry import resolve_spec
 from lesionsignal.features.token_maps import encoder_token_pca
 from lesionsignal.pipeline.cohorts import detection_items, manifests
 from lesionsignal.pipeline.stage import Run, StageName, write_output
-from lesionsignal.stimuli.panel import Condition, panel
+from lesionsignal.stimuli.panel import Condition
 from lesionsignal.stimuli.placement import Placement
 
 SUMMARY = "summary.json"  # per (source, cohort): conditions, rows, vector width, units of the stored vectors
@@ -53,7 +53,7 @@ def placement(params: Params) -> Placement:
 
 
 def conditions(params: Params) -> list[Condition]:
-    return panel(params.panel.conditions)
+    return params.panel.chosen()
 
 
 def device_for(params: Params) -> str:
