@@ -259,6 +259,28 @@ class ProbeParams:
 
 
 @dataclass(frozen=True)
+class OperatingPointParams:
+    """Sensitivity at fixed specificities and PPV / NPV for every probe (docs/PROTOCOL.md section 6.1)."""
+
+    specificities: tuple[float, ...] = (0.90, 0.95)  # thresholds chosen on out-of-fold training scores
+    prevalence: float = 0.03  # for PPV / NPV: small lesions in a screening cohort are a few percent of films
+    n_boot: int = 1000  # resamples of the training and the test rows (the seed is probe.seed)
+
+    def __post_init__(self) -> None:
+        if not self.specificities:
+            raise FieldError("specificities", "name at least one target specificity")
+        for i, value in enumerate(self.specificities):
+            if not 0.0 < value < 1.0:
+                raise FieldError(f"specificities[{i}]", f"must lie strictly between 0 and 1, got {value}")
+        if len(set(self.specificities)) != len(self.specificities):
+            raise FieldError("specificities", f"values repeat: {list(self.specificities)}")
+        if not 0.0 < self.prevalence < 1.0:
+            raise FieldError("prevalence", f"must lie strictly between 0 and 1 (a fraction), got {self.prevalence}")
+        if self.n_boot < 1:
+            raise FieldError("n_boot", f"must be positive, got {self.n_boot}")
+
+
+@dataclass(frozen=True)
 class LesionParams:
     classes: tuple[str, ...] = ("Calcification", "Nodule", "Mass")
     negatives_per_positive: int = 2
@@ -297,6 +319,7 @@ class Params:
     encoders: tuple[EncoderParams, ...] = ()
     extraction: ExtractionParams = field(default_factory=ExtractionParams)
     probe: ProbeParams = field(default_factory=ProbeParams)
+    operating_points: OperatingPointParams = field(default_factory=OperatingPointParams)
     lesions: LesionParams = field(default_factory=LesionParams)
     sfdi: SfdiParams = field(default_factory=SfdiParams)
     separation: SeparationParams = field(default_factory=SeparationParams)
