@@ -15,11 +15,9 @@ from the test set's own class balance, which the paired designs fix at 50:50.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from lesionsignal.analysis.stats import Interval, as_binary_labels, as_scores, bootstrap_indices
 
@@ -262,10 +260,3 @@ def sensitivity_gap(a: OperatingPoint, b: OperatingPoint, level: float = 0.95) -
         "gap_low": gap.low,
         "gap_high": gap.high,
     }
-
-
-def operating_frame(keys: Sequence[Mapping[str, object]], points: Sequence[Sequence[OperatingPoint]]) -> pd.DataFrame:
-    """One row per (probe, target specificity): the probe's key columns, then OPERATING_COLUMNS."""
-    rows = [{**key, **point.row()} for key, own in zip(keys, points, strict=True) for point in own]
-    columns = [*(keys[0] if keys else {}), *OPERATING_COLUMNS]
-    return pd.DataFrame(rows, columns=columns)

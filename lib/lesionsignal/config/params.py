@@ -286,7 +286,33 @@ class LesionParams:
     negatives_per_positive: int = 2
     negative_placement: Literal["same_position", "uniform"] = "same_position"  # the authors: uniform
     n_boot: int = 10000
-    seed: int = 42  # negatives' images and (uniform) positions, and the paired bootstrap
+    seed: int = 42  # negatives' images and (uniform) positions, the paired bootstrap, the box jitter's draws
+    # size strata beyond the median split: each entry cuts the test positives' areas at these percentiles
+    size_strata: tuple[tuple[float, ...], ...] = ((0.5,), (1 / 3,), (2 / 3,), (1 / 3, 2 / 3))
+    power_alpha: float = 0.05  # the detectable AUC differences of the strata: two-sided level ...
+    power: float = 0.8  # ... and power
+    jitter: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # box jitter of the patch-local probe, in encoder patches
+    # an official split that shares patients (ChestX-Det10's) is also analysed re-split by patient, side by side
+    compare_splits: bool = True
+
+    @property
+    def second_pass(self) -> bool:
+        """Whether the lesion images may be encoded once more, for boxes the official design does not pool at."""
+        return any(j > 0 for j in self.jitter) or self.compare_splits
+
+    def __post_init__(self) -> None:
+        for i, cuts in enumerate(self.size_strata):
+            if not cuts or any(not 0.0 < c < 1.0 for c in cuts) or list(cuts) != sorted(set(cuts)):
+                raise FieldError(f"size_strata[{i}]", f"need increasing fractions inside (0, 1), got {list(cuts)}")
+        if not 0.0 < self.power_alpha < 1.0:
+            raise FieldError("power_alpha", f"must lie strictly between 0 and 1, got {self.power_alpha}")
+        if not 0.0 < self.power < 1.0:
+            raise FieldError("power", f"must lie strictly between 0 and 1, got {self.power}")
+        for i, level in enumerate(self.jitter):
+            if level < 0:
+                raise FieldError(f"jitter[{i}]", f"a jitter is a non-negative number of patches, got {level}")
+        if len(set(self.jitter)) != len(self.jitter):
+            raise FieldError("jitter", f"values repeat: {list(self.jitter)}")
 
 
 @dataclass(frozen=True)
