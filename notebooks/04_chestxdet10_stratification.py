@@ -296,11 +296,14 @@ if not analysed.empty:
         outputs.table(analysed, "04_splits_analysed", "Lesion cohorts: the splits analysed, patients on both sides")
     )
 comparison = output(run, StageName.LESIONS, lesions.SPLIT_COMPARISON)
-if comparison.empty:
+if comparison.empty and not params.lesions.compare_splits:
+    print("lesions.compare_splits is false in the parameters: the splits are not compared.")
+elif comparison.empty:
     print(
-        "No lesion cohort of this run has a split that shares patients, so there is no second split to set beside it: "
-        "the demo cohort is split by synthetic subject, patient-disjoint by construction (its re-split would be the "
-        "very same split). On the study's ChestX-Det10 (official split) this section shows both."
+        "No lesion cohort of this run has a split that shares patients, so there is no second split to set beside it "
+        "(its re-split would be the very same split; the table above counts the patients on both sides). The demo "
+        "cohort is split by synthetic subject, patient-disjoint by construction; on ChestX-Det10 with its official "
+        "split (params/paper.yaml) this section shows both."
     )
 else:
     caption = (

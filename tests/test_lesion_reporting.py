@@ -7,9 +7,11 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.stats import norm
 
 from lesionsignal.analysis.box_jitter import (
@@ -23,7 +25,7 @@ from lesionsignal.analysis.box_jitter import (
     patch_pixels,
 )
 from lesionsignal.analysis.lesion_design import LesionDesign, lesion_design, source_design
-from lesionsignal.analysis.lesion_probes import Level, study_source
+from lesionsignal.analysis.lesion_probes import Level, fits_frame, study_source
 from lesionsignal.analysis.lesion_reporting import operating_tables, size_strata_tables
 from lesionsignal.analysis.lesions import BoxSample, assign_strata, box_level_strata, stratum_auc
 from lesionsignal.analysis.operating_points import OperatingSettings
@@ -32,13 +34,45 @@ from lesionsignal.analysis.probe import ProbeConfig
 from lesionsignal.analysis.size_strata import SHARED, StrataRows, StrataScheme, cut_values, scheme_strata, stratum_of
 from lesionsignal.analysis.split_comparison import compare_splits
 from lesionsignal.analysis.stats import auc
+from lesionsignal.config.params import (
+    Analysis,
+    CohortKind,
+    CohortParams,
+    ExtractionParams,
+    LesionParams,
+    OperatingPointParams,
+    PanelParams,
+    Params,
+    Paths,
+    ProbeParams,
+)
 from lesionsignal.core.box import Box
+from lesionsignal.core.kinds import RunKind
 from lesionsignal.data.chestxdet10 import DetSplit, patient_disjoint_manifest, read_chestxdet10
 from lesionsignal.data.manifest import LesionBox, Manifest, ManifestError, PatientIds, Record, SplitPolicy
 from lesionsignal.data.validation import mixed_patients
-from lesionsignal.features.extraction import ExtractionError, PooledFeatures, with_local
-from lesionsignal.features.pools import RawPixels
-from lesionsignal.pipeline.lesions import SourceWork, second_pass_boxes
+from lesionsignal.features.encoder import load_encoder
+from lesionsignal.features.extraction import (
+    ExtractionError,
+    PooledFeatures,
+    box_plan,
+    read_features,
+    unit_store,
+    with_local,
+)
+from lesionsignal.features.pools import EncoderFeatures, RawPixels
+from lesionsignal.pipeline.catalog import Catalog
+from lesionsignal.pipeline.lesions import (
+    JITTER,
+    SPLIT_COMPARISON,
+    SPLITS_ANALYSED,
+    Collected,
+    Settings,
+    SourceWork,
+    lesion_cohort,
+    second_pass_boxes,
+)
+from lesionsignal.pipeline.stage import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "realdata" / "chestx-det10"
@@ -181,14 +215,23 @@ def test_tercile_strata_count_their_rows_and_say_what_they_can_detect() -> None:
 # ------------------------------------------------------------------------------- a design with features
 
 
-def _manifest(split_of: dict[int, str] | None = None, patients: dict[int, str] | None = None) -> Manifest:
+def _manifest(patients: dict[int, str] | None = None, folder: Path | None = None) -> Manifest:
+    """24 images, a nodule on every even one, a quarter in test; with ``folder``, the images are written there."""
     records = []
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:CANVAS, 0:CANVAS]
     for i in range(24):
         boxes = (LesionBox("Nodule", Box(40 + 3 * i, 50 + 2 * i, 60 + 4 * i, 66 + 3 * i)),) if i % 2 == 0 else ()
-        split = (split_of or {}).get(i, "test" if i % 4 in (2, 3) else "train")
+        split = "test" if i % 4 in (2, 3) else "train"
         patient = (patients or {}).get(i, f"p{i}")
         labels = (("Nodule", int(bool(boxes))),)
-        records.append(Record(f"img_{i:02d}.png", Path(f"img_{i:02d}.png"), patient, split, "PA", labels, boxes))
+        path = Path(f"img_{i:02d}.png") if folder is None else folder / f"img_{i:02d}.png"
+        if folder is not None:
+            image = 90 + 50 * np.sin(xx / (7 + i)) * np.cos(yy / 11) + rng.normal(0, 6, xx.shape)
+            for box in boxes:
+                image[box.box.slices()] += 60  # a bright lesion the encoder may or may not keep
+            cv2.imwrite(str(path), image.clip(0, 255).astype(np.uint8))
+        records.append(Record(path.name, path, patient, split, "PA", labels, boxes))
     return Manifest("toy", tuple(records), CLASSES)
 
 
@@ -393,3 +436,53 @@ def test_the_second_pass_adds_only_new_boxes_and_never_changes_a_first_pass_row(
     stranger = replace(more, image_ids=np.asarray([f"x{k}" for k in range(len(more.image_ids))]))
     with pytest.raises(ExtractionError, match="without global pools"):
         with_local(base, stranger)
+
+
+# ----------------------------------------------------------------------- the stage, end to end on one cohort
+
+
+def test_the_lesion_stage_runs_jitter_and_the_resplit_without_touching_the_first_pass(tmp_path: Path) -> None:
+    patients = {2: "p0", 3: "p1", 6: "p4", 7: "p5", 10: "p8", 15: "p13"}  # six patients on both sides
+    records = replace(_manifest(patients, tmp_path), split_policy=SplitPolicy.OVERLAP_REPORTED)
+    cohort = CohortParams(
+        "toy", CohortKind.CHESTXDET10, uses=(Analysis.LESIONS,), train_json=Path("t.json"),
+        test_json=Path("s.json"), image_dirs=(tmp_path,), seed=1,
+    )  # fmt: skip
+    params = Params(
+        name="toy",
+        run=RunKind.SMOKE,
+        paths=Paths(cache=tmp_path / "cache", work=tmp_path / "work"),
+        panel=PanelParams(canvas_size=CANVAS),
+        cohorts=(cohort,),
+        extraction=ExtractionParams(device="cpu", workers=1, chunk_size=8, canvas_store=False),
+        probe=ProbeParams(c_grid=(1.0,), folds=2, n_boot=30, workers=1, finetuned_cnn=False),
+        operating_points=OperatingPointParams(n_boot=30),
+        lesions=LesionParams(classes=CLASSES, n_boot=50, jitter=(0.0, 1.0)),
+    )
+    run = Run(params, Catalog(params, tmp_path), progress=False)
+    torch.set_num_threads(1)
+    source = EncoderFeatures(load_encoder("demo-dinov2-vit", seed=0), batch_size=8, seed=0)
+    out = Collected()
+    assert lesion_cohort(run, "toy", records, [source], Settings.of(params), out)
+    steps = [t["step"] for t in out.timings]
+    assert "second-pass extraction (jittered and re-split boxes)" in steps
+    # the first pass is the design's boxes alone: its probes are those of a run without any of the reporting
+    design = lesion_design(records, CLASSES, canvas_size=CANVAS, seed=params.lesions.seed)
+    chosen = source_design(design, source)
+    store = unit_store(run.catalog.units)
+    plan = box_plan(store, source, "toy", design.items, chosen.boxes, CANVAS, 8)
+    alone, _ = study_source(
+        design, chosen, read_features(source, plan.units, store), model=source.source_id,
+        config=Settings.of(params).config, n_boot=30,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(out.fits[0].drop(columns="cohort"), fits_frame(alone))
+    jitter = out.reporting[JITTER][0].set_index("jitter")
+    local = fits_frame(alone).set_index(["level", "pool"]).loc[("box", "patch_local")]
+    geometry = source.encoder.spec.geometry
+    assert jitter.loc[0.0, "auc"] == local["auc"]  # jitter 0 is the unjittered probe, through the stage too
+    assert jitter.loc[1.0, "jitter_px"] == patch_pixels(geometry.patch, geometry.resize, CANVAS)
+    analysed = out.reporting[SPLITS_ANALYSED][0].set_index(["analysed_split", "split"])
+    assert analysed.loc[("as read", "test"), "patients_in_another_split"] == 6
+    assert (analysed.loc["patient-disjoint re-split", "patients_in_another_split"] == 0).all()
+    comparison = out.reporting[SPLIT_COMPARISON][0]
+    assert len(comparison) == len(alone) and comparison["auc_official"].tolist() == [f.auc for f in alone]

@@ -301,7 +301,7 @@ def _since(started: float) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def _cohort(
+def lesion_cohort(
     run: Run, name: str, records: Manifest, sources: Sequence[EncoderFeatures], settings: Settings, out: Collected
 ) -> bool:
     """Everything of one lesion cohort; False when some units are not on disk yet (another shard's)."""
@@ -353,7 +353,7 @@ def compute(run: Run) -> bool:
     out = Collected()
     complete = True
     for name, records in cohorts.items():
-        complete &= _cohort(run, name, records, sources, settings, out)
+        complete &= lesion_cohort(run, name, records, sources, settings, out)
     write_output(run, StageName.LESIONS, TIMING, pd.DataFrame(out.timings))
     if not complete:
         return False
