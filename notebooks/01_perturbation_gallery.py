@@ -28,6 +28,12 @@ params_file = "params/demo.yaml"
 # Placement is deterministic: the patch origin is drawn from
 # `default_rng(int(sha256(f"{base_seed}_{image_id}")[:8], 16))`
 # inside the central region, so one film and one patch size put every perturbation type at the same place.
+#
+# Beyond the paper's 29 conditions, a run can switch on three families the paper lists as untested
+# (`panel.extra_families`; docs/PROTOCOL.md section 2.5), drawn through the same seeded placement: Poisson-Gaussian
+# quantum noise in the patch (`quantum_noise_64`, a low-dose film), a JPEG round trip of the patch at quality 90
+# (`jpeg_q90_64`, a compressed export) and a thin radiopaque line across it (`line_streak_64`, a lead wire or tube).
+# The demo switches all three on; the paper's parameters leave them off, so the study's panel stays the paper's.
 
 # %%
 from IPython.display import display
@@ -45,7 +51,7 @@ from lesionsignal.stimuli.gallery import (
     plot_convention_pairs,
     plot_gallery,
 )
-from lesionsignal.stimuli.panel import Family, conditions_table, panel
+from lesionsignal.stimuli.panel import UNTESTED_FAMILIES, Family, conditions_table, panel
 
 run = open_run(params_file)
 params = run.params
@@ -67,8 +73,9 @@ canvases = {
     film_id: load_canvas(films[film_id].path, size=params.panel.canvas_size, resample=switches.resample)
     for film_id in params.gallery.films
 }
-conditions = panel(params.gallery.conditions or params.panel.conditions)
-print(f"{len(canvases)} films x {len(conditions)} conditions")
+conditions = panel(params.gallery.conditions) if params.gallery.conditions else params.panel.chosen()
+untested = [c.name for c in conditions if c.family in UNTESTED_FAMILIES]
+print(f"{len(canvases)} films x {len(conditions)} conditions (untested families: {', '.join(untested) or 'none'})")
 
 # %% [markdown]
 # ## The conditions
@@ -81,7 +88,10 @@ display(outputs.table(table, "01_conditions", "Perturbation panel: conditions, p
 # %% [markdown]
 # ## Gallery, one figure per family and film
 # Each row: the whole film (blue: crop window), the clean crop, the perturbed crop (orange: the patch box),
-# and perturbed minus clean in 8-bit gray levels.
+# and perturbed minus clean in 8-bit gray levels. For the untested families the difference map is what to read:
+# quantum noise and JPEG change most pixels of the box by a few gray levels (noise without structure; blocky
+# 8 x 8 ringing where the film has edges), the streak changes a 2 px line by about a fifth of the patch's mean gray
+# level; none changes a pixel outside its box.
 
 # %%
 panels = []

@@ -116,15 +116,15 @@ display(outputs.table(results, "03_all_cells", caption))
 
 # %% [markdown]
 # ### How many cells are at chance
-# AUC 0.5 is the floor of a probe that finds nothing. On the demo run every encoder cell sits there (174 of 174
-# with the committed weights), for the trained demo encoder as for its random-init twin, in all three pools,
-# patch-local included; only the raw-pixel oracle (a 32 x 32 window at the patch) and the small CNN's oracle window
-# find some stimuli, so the stimuli are in the pixels. So the demo does not show the paper's mechanism (a global
-# token that drops what the patch tokens over the region keep): its encoder, a 1-million-parameter ViT trained for
-# half an hour on films of one CT, has learned coarse content (the learning checks below) but not the few-pixel
-# detail the panel asks about, and 240 training images per probe leave little power for a small signal. What
-# the demo does show is how each table reads when an encoder keeps nothing, and the same tables on the study's
-# encoders are the paper's question.
+# AUC 0.5 is the floor of a probe that finds nothing. On the demo run every encoder cell sits there (192 of 192 with
+# the committed weights: the paper's 174 and the 18 of the three untested families), for the trained demo encoder as
+# for its random-init twin, in all three pools, patch-local included; only the raw-pixel oracle (a 32 x 32 window at
+# the patch) and the small CNN's oracle window find some stimuli, so the stimuli are in the pixels. So the demo does
+# not show the paper's mechanism (a global token that drops what the patch tokens over the region keep): its encoder,
+# a 1-million-parameter ViT trained for half an hour on films of one CT, has learned coarse content (the learning
+# checks below) but not the few-pixel detail the panel asks about, and 240 training images per probe leave little
+# power for a small signal. What the demo does show is how each table reads when an encoder keeps nothing, and the
+# same tables on the study's encoders are the paper's question.
 
 # %%
 display(auc_at_chance(results))
@@ -192,6 +192,69 @@ else:
     display(outputs.figure(fig, "03_directional_curves", caption))
 
 # %% [markdown]
+# ## Operating points: sensitivity at a fixed specificity (beyond the paper)
+# An AUC says how well a probe ranks; a reader of films needs a threshold. For every probe above, the threshold
+# that reaches each target specificity (`operating_points.specificities`, default 90 % and 95 %) is chosen on the
+# probe's **out-of-fold training scores** (each training image scored by the fold model that did not see it) and
+# applied once to the test rows, so no test row ever moves it (docs/PROTOCOL.md section 6.1). Each table gives
+# the test sensitivity at that threshold with a 95 % bootstrap interval (training and test rows both resampled, so
+# the threshold's own uncertainty is in it), the test specificity it actually reached, and the PPV and NPV it would
+# have where the finding has the run's prevalence (`operating_points.prevalence`, default 3 %): the detection sets are
+# 50:50 by design, which would flatter PPV. `sensitivity_optimistic` is the sensitivity at a threshold chosen on
+# the test rows themselves: an upper bound to read against, never a result.
+#
+# How to read them. A probe at chance has sensitivity about 1 - specificity (0.10 and 0.05) and PPV about the
+# prevalence; a perfect probe has sensitivity 1 and PPV 1. The last tables set patch-local against CLS: the
+# difference in sensitivity at 95 % specificity, with a paired interval (both pools scored on the same resamples).
+# On the demo every encoder cell sits near chance, so these tables show how they read, not the paper's mechanism.
+
+# %%
+from lesionsignal.paper import reporting_tables as rt
+from lesionsignal.paper.reporting_figures import plot_sensitivity_gaps
+
+operating = output(run, StageName.PROBES, probes.OPERATING)
+sensitivity_gaps = output(run, StageName.PROBES, probes.SENSITIVITY_GAPS)
+targets = sorted(params.operating_points.specificities)
+gap_target = 0.95 if 0.95 in targets else targets[-1]
+keys = ("model", "dataset", "pool", "perturbation")
+prevalence = f"{params.operating_points.prevalence:.0%}"
+emit(
+    rt.sensitivity_beside_auc(results, operating, keys),
+    "03_sensitivity_beside_auc",
+    f"Every detection probe: AUC [95 % CI] beside sensitivity at {', '.join(f'{t:.0%}' for t in targets)} "
+    "specificity (threshold from out-of-fold training scores)",
+)
+emit(
+    rt.operating_table(operating, keys),
+    "03_operating_points",
+    f"Operating points of every detection probe: sensitivity, specificity, PPV and NPV at {prevalence} prevalence",
+)
+slice_auc = results[results["perturbation"].isin(POOLING_SLICE)]
+emit(
+    rt.sensitivity_beside_auc(slice_auc, operating, keys),
+    "03_T7_sensitivity",
+    "Beside T7: CLS vs patch-mean vs patch-local, AUC and sensitivity at fixed specificity (representative cells)",
+)
+gap_rows = rt.at_specificity(sensitivity_gaps, gap_target)
+emit(
+    gap_rows,
+    "03_sensitivity_gap_local_vs_cls",
+    f"Patch-local minus CLS sensitivity at {gap_target:.0%} specificity per cell, paired 95 % interval",
+)
+emit(
+    rt.gap_summary(sensitivity_gaps, gap_target),
+    "03_sensitivity_gap_summary",
+    f"Patch-local minus CLS sensitivity at {gap_target:.0%} specificity: mean per model and cells whose interval "
+    "lies above, below or across 0",
+)
+if not gap_rows.empty:
+    fig = plot_sensitivity_gaps(
+        sensitivity_gaps, gap_target, f"Patch-local minus CLS sensitivity at {gap_target:.0%} specificity"
+    )
+    caption = f"Patch-local minus CLS sensitivity at {gap_target:.0%} specificity per condition, paired 95 % interval"
+    display(outputs.figure(fig, "03_sensitivity_gaps", caption))
+
+# %% [markdown]
 # ## Disease classification (T2) and the clean-vs-perturbed disease protocol (T9)
 # A disease probe per (encoder, cohort, disease) on clean CLS embeddings, trained on the training images (CV
 # folds grouped by patient) and tested on the patient-disjoint test images. The same probe then scores the same
@@ -212,6 +275,12 @@ if not skipped.empty:
 t2_cells, t9_cells = output(run, StageName.PROBES, probes.T2), output(run, StageName.PROBES, probes.T9)
 emit(pt.t2_disease(t2_cells), "03_T2_disease", "T2: disease classification on clean CLS embeddings, AUC [95 % CI], F1")
 emit(t2_cells, "03_T2_disease_cells", "T2 cells: AUC, CI, F1 (OOF threshold and optimistic), C, sizes")
+disease_operating = output(run, StageName.PROBES, probes.DISEASE_OPERATING)
+emit(
+    rt.operating_table(disease_operating, ("task", "model", "dataset")),
+    "03_T2_operating_points",
+    f"Beside T2: disease probes' sensitivity at fixed specificity, PPV and NPV at {prevalence} prevalence",
+)
 emit(t9_cells, "03_T9_cells", "T9 cells: delta AUC (perturbed - clean), paired bootstrap CI, p, BH q per model")
 t9 = pt.t9_summary(t9_cells, params.probe.alpha)
 emit(t9, "03_T9_significance", f"T9: cells significant at BH-FDR {params.probe.alpha:g} per model")

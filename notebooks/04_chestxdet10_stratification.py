@@ -31,6 +31,11 @@ params_file = "params/demo.yaml"
 # The rows (including every negative box) are decided from the manifest alone, before any pixel is read; then
 # each image is encoded once per encoder and pooled at exactly the boxes the rows need. The vectors are cached by
 # content (encoder, images and their box lists, code), so a re-run reads them back.
+#
+# After the paper's tables come four analyses its limitations section names and does not do: operating points
+# (sensitivity at fixed specificity, PPV and NPV), size strata beyond the median with the differences each stratum
+# could detect, the patch-local probe's dependence on a tight box (box jitter), and ChestX-Det10 on a split that
+# shares no patient beside its official split.
 
 # %%
 from IPython.display import display
@@ -170,6 +175,141 @@ if paired.empty:
 else:
     caption = f"S11: patch-local minus CLS AUC, paired bootstrap ({params.lesions.n_boot} resamples), BH q-values"
     display(outputs.table(paired, "04_S11_paired_local_vs_cls", caption))
+
+# %% [markdown]
+# ## Operating points (beyond the paper)
+# For every lesion probe above, the threshold that reaches each target specificity is chosen on the probe's
+# out-of-fold training scores and applied once to the test rows (docs/PROTOCOL.md section 6.1): the test
+# sensitivity with a 95 % bootstrap interval (training and test rows resampled), the specificity actually reached,
+# and PPV / NPV at the run's prevalence (`operating_points.prevalence`). `sensitivity_optimistic` (threshold chosen
+# on the test rows) is an upper bound, not a result. Then, at box level, patch-local minus CLS sensitivity at 95 %
+# specificity with a paired interval. How to read: a probe at chance has sensitivity near 1 - specificity (the
+# dashed line of the figure) and PPV near the prevalence.
+
+# %%
+from lesionsignal.paper import reporting_tables as rt
+from lesionsignal.paper.reporting_figures import plot_jitter, plot_lesion_sensitivity, plot_size_strata
+
+lesion_operating = output(run, StageName.LESIONS, lesions.OPERATING)
+targets = sorted(params.operating_points.specificities)
+gap_target = 0.95 if 0.95 in targets else targets[-1]
+fit_keys = ("cohort", "model", "lesion_class", "level", "pool")
+prevalence = f"{params.operating_points.prevalence:.0%}"
+if lesion_operating.empty:
+    print("no lesion probe in this run: no operating points")
+else:
+    caption = f"Lesion probes: AUC beside sensitivity at {', '.join(f'{t:.0%}' for t in targets)} specificity"
+    display(
+        outputs.table(
+            rt.sensitivity_beside_auc(results, lesion_operating, fit_keys), "04_sensitivity_beside_auc", caption
+        )
+    )
+    caption = (
+        f"Operating points of every lesion probe: sensitivity, specificity, PPV and NPV at {prevalence} prevalence"
+    )
+    display(outputs.table(rt.operating_table(lesion_operating, fit_keys), "04_operating_points", caption))
+    lesion_gaps = rt.at_specificity(output(run, StageName.LESIONS, lesions.SENSITIVITY_GAPS), gap_target)
+    if not lesion_gaps.empty:
+        caption = f"Box level: patch-local minus CLS sensitivity at {gap_target:.0%} specificity, paired 95 % interval"
+        display(outputs.table(lesion_gaps, "04_sensitivity_gap_local_vs_cls", caption))
+    for level in (Level.BOX.value, Level.IMAGE.value):
+        if (lesion_operating["level"] == level).any():
+            title = f"{level.capitalize()} level: sensitivity at {gap_target:.0%} specificity"
+            figure = plot_lesion_sensitivity(lesion_operating, level, gap_target, title)
+            caption = f"{level.capitalize()}-level sensitivity at {gap_target:.0%} specificity by pool, model and class"
+            display(outputs.figure(figure, f"04_{level}_level_sensitivity", caption))
+
+# %% [markdown]
+# ## Size strata beyond the median
+# The paper splits the test positives at their median area. Here each scheme of `lesions.size_strata` cuts them at
+# other percentiles: `p33` (the smallest third against the rest), `p67` (the largest third against the rest) and
+# `p33-p67` (terciles), with `median` repeated for comparison (its numbers are T11's). Each stratum is scored
+# against its negatives (image level: every test negative; box level: the size-matched negatives of its own
+# positives), with its area range, its positive and negative counts, and `detectable_vs_chance`: the smallest
+# AUC - 0.5 that a stratum of its size detects at the run's level and power (`lesions.power_alpha`, `lesions.power`;
+# Hanley-McNeil variance, docs/PROTOCOL.md section 7). The second table compares each scheme's largest and
+# smallest strata: their gap beside `detectable_gap`, the smallest gap those two strata could detect.
+#
+# How to read them: a stratum whose `detectable_vs_chance` is 0.3 cannot tell an AUC of 0.7 from chance, whatever
+# its point estimate; a gap is `supported` only where it is at least the detectable gap. A gap below it is not
+# evidence of no difference, only of too few lesions to see one.
+
+# %%
+strata = output(run, StageName.LESIONS, lesions.STRATA)
+strata_gaps = output(run, StageName.LESIONS, lesions.STRATA_GAPS)
+if strata.empty:
+    print("no lesion probe in this run: no size strata")
+else:
+    caption = "Size strata per scheme: area range, positives, negatives, AUC [95 % CI], smallest AUC - 0.5 detectable"
+    display(outputs.table(rt.strata_table(strata), "04_size_strata", caption))
+    caption = "Size strata: largest minus smallest stratum AUC per scheme beside the smallest gap those strata detect"
+    display(outputs.table(strata_gaps, "04_size_strata_gaps", caption))
+    schemes = list(dict.fromkeys(strata["scheme"]))
+    shown = "p33-p67" if "p33-p67" in schemes else schemes[-1]
+    figure = plot_size_strata(strata, shown, ("cls", "patch_local"), f"AUC across size strata ({shown})")
+    caption = f"Stratum AUC across lesion size ({shown}) for CLS and patch-local, with each stratum's positive count"
+    display(outputs.figure(figure, f"04_size_strata_{shown}", caption))
+
+# %% [markdown]
+# ## Box jitter: how much patch-local depends on a tight box
+# The patch-local pool averages the tokens whose cells meet the box, so its result assumes the box is right. Here
+# every box-level box is moved and resized by a seeded fraction of the encoder's patch (`lesions.jitter`, in patches:
+# 0, 0.5, 1, 2; one draw per positive box, its negatives moved alike; docs/PROTOCOL.md section 7) and the patch-local
+# probe is fitted again on the same rows. CLS and patch-mean see the whole image and do not move; the unjittered
+# CLS AUC is drawn beside. Jitter 0 is the unjittered probe exactly. The jittered boxes are pooled in one extra
+# forward pass per lesion image and encoder (token grids are not stored); the time is in the timing log below.
+#
+# How to read it: a patch-local AUC that falls towards the CLS line as the jitter grows says its advantage needs a
+# box accurate to that many patches; a flat line says the box's exact edges do not matter at that scale.
+
+# %%
+jitter = output(run, StageName.LESIONS, lesions.JITTER)
+if jitter.empty:
+    print("lesions.jitter is empty or no box-level probe could be fitted: no box-jitter analysis")
+else:
+    caption = "Box jitter: patch-local AUC [95 % CI] at each jitter (encoder patches and canvas px), CLS unjittered"
+    display(outputs.table(rt.jitter_table(jitter, results), "04_box_jitter", caption))
+    caption = "Box jitter: patch-local AUC unjittered and at the largest jitter, and the change"
+    display(outputs.table(rt.jitter_drop(jitter), "04_box_jitter_change", caption))
+    cls_box = results.loc[(results["level"] == Level.BOX.value) & (results["pool"] == "cls")]
+    for name in dict.fromkeys(jitter["cohort"]):
+        figure = plot_jitter(
+            jitter[jitter["cohort"] == name], cls_box[cls_box["cohort"] == name], f"Box jitter ({name})"
+        )
+        caption = f"Patch-local AUC against box jitter per class and model, CLS unjittered dotted ({name})"
+        display(outputs.figure(figure, f"04_box_jitter_{name}", caption))
+
+# %% [markdown]
+# ## ChestX-Det10 both ways: the official split and a split that shares no patient
+# ChestX-Det10's official split puts 271 patients on both sides (PROTOCOL section 1.3), so a probe may meet a test
+# patient's other films in training. When a lesion cohort's split shares patients, every probe above is fitted
+# again on the seeded patient-disjoint re-split (`cohorts[].seed`, at the official test size) and set beside the
+# official one: AUC and the median-stratum gap of each, and re-split minus official with a 95 % interval (each
+# split's test rows resampled on their own; the two test sets overlap, so the interval errs wide). A size gap that
+# holds on both splits does not rest on the shared patients. The first table counts each analysed split's images,
+# patients and patients on both sides.
+
+# %%
+analysed = output(run, StageName.LESIONS, lesions.SPLITS_ANALYSED)
+if not analysed.empty:
+    display(
+        outputs.table(analysed, "04_splits_analysed", "Lesion cohorts: the splits analysed, patients on both sides")
+    )
+comparison = output(run, StageName.LESIONS, lesions.SPLIT_COMPARISON)
+if comparison.empty and not params.lesions.compare_splits:
+    print("lesions.compare_splits is false in the parameters: the splits are not compared.")
+elif comparison.empty:
+    print(
+        "No lesion cohort of this run has a split that shares patients, so there is no second split to set beside it "
+        "(its re-split would be the very same split; the table above counts the patients on both sides). The demo "
+        "cohort is split by synthetic subject, patient-disjoint by construction; on ChestX-Det10 with its official "
+        "split (params/paper.yaml) this section shows both."
+    )
+else:
+    caption = (
+        "Official split vs patient-disjoint re-split: AUC and median-stratum gap, re-split minus official [95 % CI]"
+    )
+    display(outputs.table(comparison, "04_split_comparison", caption))
 
 # %% [markdown]
 # ## Reported vs reproduced (study runs only)

@@ -183,3 +183,26 @@ def test_every_problem_of_a_parameter_file_is_named_at_once(tmp_path: Path) -> N
     assert (
         text.startswith(f"{bad}: 4 problems:") and "did you mean 'device'?" in text and "did you mean 'n_boot'?" in text
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("operating_points:\n  prevalence: 3\n", "operating_points.prevalence", "fraction"),
+        ("operating_points:\n  specificities: [0.9, 1.0]\n", "operating_points.specificities[1]", "between 0 and 1"),
+        ("operating_points:\n  specificities: []\n", "operating_points.specificities", "at least one"),
+        ("lesions:\n  size_strata: [[0.5], [0.7, 0.3]]\n", "lesions.size_strata[1]", "increasing"),
+        ("lesions:\n  jitter: [0, -1]\n", "lesions.jitter[1]", "non-negative"),
+        ("lesions:\n  power: 80\n", "lesions.power", "between 0 and 1"),
+    ],
+)
+def test_reporting_settings_are_checked_before_compute(tmp_path: Path, text: str, key: str, words: str) -> None:
+    err = _error(tmp_path, "name: x\nrun: demo\n" + text)
+    assert err.key == key and words in err.reason
+
+
+def test_reporting_defaults() -> None:
+    params = load_params(ROOT / "params" / "paper.yaml")
+    assert params.operating_points.specificities == (0.90, 0.95) and params.operating_points.prevalence == 0.03
+    assert params.lesions.jitter == (0.0, 0.5, 1.0, 2.0) and params.lesions.compare_splits
+    assert params.lesions.size_strata[0] == (0.5,) and params.lesions.second_pass

@@ -58,7 +58,8 @@ def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(case_folde
     demo = params.demo_cohort.n_images
     assert [p.encoder for p in report.encoders] == [e.id for e in params.encoders]
     for plan in report.encoders:  # the trained folder (its config read locally) and its random-init twin
-        assert plan.forward_passes == demo * (1 + len(params.panel.conditions)) + demo  # panel, then lesion images
+        lesion_passes = 2 if params.lesions.second_pass else 1  # the jittered and re-split boxes: a second pass
+        assert plan.forward_passes == demo * (1 + len(params.panel.chosen())) + demo * lesion_passes
         assert plan.gflops_per_image and plan.gflops_per_image > 0 and plan.parameters
     trained, twin = report.encoders
     assert trained.gflops_per_image == twin.gflops_per_image and trained.parameters == twin.parameters

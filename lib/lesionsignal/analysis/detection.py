@@ -9,18 +9,26 @@ reported with its stratified bootstrap CI.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lesionsignal.analysis.operating_points import (
+    GAP_COLUMNS,
+    OPERATING_COLUMNS,
+    OperatingPoint,
+    OperatingSettings,
+    operating_points,
+    sensitivity_gap,
+)
 from lesionsignal.analysis.probe import ProbeConfig, ProbeResult, fit_probe
 from lesionsignal.analysis.stats import bootstrap_auc_ci
 from lesionsignal.core.cache import FRAMES, Store
 from lesionsignal.core.digests import stable_digest
 from lesionsignal.core.files import load_arrays, sha256_file
-from lesionsignal.core.kinds import RAW_POOLS
+from lesionsignal.core.kinds import RAW_POOLS, Pool
 from lesionsignal.core.parallel import map_single_threaded
 from lesionsignal.core.progress import progress_bar
 
@@ -38,6 +46,12 @@ RESULT_COLUMNS = (
     "n_train",
     "n_test",
 )
+CELL_KEY = ("model", "dataset", "pool", "perturbation")
+OPERATING_RESULT_COLUMNS = (*CELL_KEY, *OPERATING_COLUMNS)
+GAP_KEY = ("model", "dataset", "perturbation")
+GAP_RESULT_COLUMNS = (*GAP_KEY, *GAP_COLUMNS)
+# The pools whose difference in sensitivity each cell reports: the one the region keeps minus the global one.
+GAP_POOLS = (Pool.PATCH_LOCAL, Pool.CLS)
 
 
 class DetectionError(ValueError):
@@ -114,6 +128,29 @@ def cells_for(model: str, dataset: str, perturbation: str, pools: Iterable[str])
     return [CellSpec(model, dataset, p, perturbation, f"clean_{p}", f"perturbed_{p}") for p in pools]
 
 
+@dataclass(frozen=True)
+class CellFrames:
+    """What the probes of some cells give: one results row per cell, its operating points, and the sensitivity gaps
+    (patch-local minus CLS) of the cells where both pools were probed."""
+
+    results: pd.DataFrame  # RESULT_COLUMNS
+    operating: pd.DataFrame  # OPERATING_RESULT_COLUMNS
+    gaps: pd.DataFrame  # GAP_RESULT_COLUMNS
+
+
+def cell_gaps(points: Mapping[tuple[str, str, str, str], Sequence[OperatingPoint]], level: float) -> pd.DataFrame:
+    """Sensitivity of patch-local minus CLS for every (model, dataset, perturbation) that has both pools."""
+    rows = []
+    high, low = (str(p) for p in GAP_POOLS)
+    for (model, dataset, pool, perturbation), own in points.items():
+        other = points.get((model, dataset, low, perturbation))
+        if pool != high or other is None:
+            continue
+        key = {"model": model, "dataset": dataset, "perturbation": perturbation}
+        rows += [{**key, **sensitivity_gap(a, b, level)} for a, b in zip(own, other, strict=True)]
+    return pd.DataFrame(rows, columns=list(GAP_RESULT_COLUMNS))
+
+
 def run_cells(
     cells: Sequence[CellSpec],
     load: Callable[[CellSpec], Mapping[str, np.ndarray]],
@@ -121,9 +158,11 @@ def run_cells(
     config: ProbeConfig,
     n_boot: int,
     progress: bool = True,
-) -> pd.DataFrame:
+    operating: OperatingSettings | None = None,
+) -> CellFrames:
     """Probe every cell; ``load`` gives a cell's arrays, ``splits[dataset]`` maps image id to split."""
-    rows = []
+    operating = operating or OperatingSettings(seed=config.seed)
+    rows, keys, points = [], [], {}
     bar = progress_bar(len(cells), "probes", "probe", progress)
     for cell in cells:
         arrays = load(cell)
@@ -133,14 +172,21 @@ def run_cells(
             )
         except (DetectionError, KeyError) as err:
             raise DetectionError(f"{cell.model} / {cell.dataset} / {cell.perturbation} / {cell.pool}: {err}") from err
-        _, summary = probe_cell(design, config, n_boot)
-        rows.append(
-            {"model": cell.model, "dataset": cell.dataset, "pool": cell.pool, "perturbation": cell.perturbation}
+        result, summary = probe_cell(design, config, n_boot)
+        key = {"model": cell.model, "dataset": cell.dataset, "pool": cell.pool, "perturbation": cell.perturbation}
+        rows.append({**key, **summary})
+        keys.append(key)
+        points[tuple(key.values())] = operating_points(
+            result.train_labels, result.train_scores, result.test_labels, result.test_scores, operating
         )
-        rows[-1].update(summary)
         bar.update(1)
     bar.close()
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    ops = [{**key, **point.row()} for key, own in zip(keys, points.values(), strict=True) for point in own]
+    return CellFrames(
+        pd.DataFrame(rows, columns=list(RESULT_COLUMNS)),
+        pd.DataFrame(ops, columns=list(OPERATING_RESULT_COLUMNS)),
+        cell_gaps(points, operating.level),
+    )
 
 
 # ---------------------------------------------------------------- cells of a condition file, and the result cache
@@ -169,16 +215,47 @@ def file_cells(source_id: str, dataset: str, perturbation: str, array_names: Ite
     return cells
 
 
-def probe_store(folder: Path) -> Store[pd.DataFrame]:
+@dataclass(frozen=True)
+class ProbeStores:
+    """Where the probes of each condition file are kept, one store per frame of ``CellFrames`` under one key."""
+
+    results: Store[pd.DataFrame]
+    operating: Store[pd.DataFrame]
+    gaps: Store[pd.DataFrame]
+
+    def has(self, key: str) -> bool:
+        return all(store.has(key) for store in (self.results, self.operating, self.gaps))
+
+    def write(self, key: str, frames: CellFrames) -> None:
+        # The results last: a killed write leaves them absent, so the key counts as missing and is recomputed.
+        self.gaps.write(key, frames.gaps)
+        self.operating.write(key, frames.operating)
+        self.results.write(key, frames.results)
+
+    def read(self, key: str) -> CellFrames:
+        return CellFrames(self.results.read(key), self.operating.read(key), self.gaps.read(key))
+
+
+def probe_store(folder: Path) -> ProbeStores:
     """Probe results per condition file; the code of this module's import closure is in every key."""
-    return Store.of(folder, FRAMES, __name__)
+    folder = Path(folder)
+    return ProbeStores(
+        Store.of(folder, FRAMES, __name__),
+        Store.of(folder / "operating", FRAMES, __name__),
+        Store.of(folder / "gaps", FRAMES, __name__),
+    )
 
 
 def _probe_file(
-    path: Path, cells: Sequence[CellSpec], splits: Mapping[str, Mapping[str, str]], config: ProbeConfig, n_boot: int
-) -> pd.DataFrame:
+    path: Path,
+    cells: Sequence[CellSpec],
+    splits: Mapping[str, Mapping[str, str]],
+    config: ProbeConfig,
+    n_boot: int,
+    operating: OperatingSettings,
+) -> CellFrames:
     arrays = load_arrays(path)
-    return run_cells(cells, lambda _cell: arrays, splits, config, n_boot, progress=False)
+    return run_cells(cells, lambda _cell: arrays, splits, config, n_boot, progress=False, operating=operating)
 
 
 @dataclass(frozen=True)
@@ -186,6 +263,8 @@ class CachedRun:
     results: pd.DataFrame
     files_probed: int  # condition files whose probes ran now
     files_reused: int  # condition files whose results came from the cache
+    operating: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(OPERATING_RESULT_COLUMNS)))
+    gaps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(GAP_RESULT_COLUMNS)))
 
 
 def run_files_cached(
@@ -193,9 +272,10 @@ def run_files_cached(
     splits: Mapping[str, Mapping[str, str]],
     config: ProbeConfig,
     n_boot: int,
-    store: Store[pd.DataFrame],
+    store: ProbeStores,
     workers: int = 1,
     progress: bool = True,
+    operating: OperatingSettings | None = None,
 ) -> CachedRun:
     """Probe the cells of each condition file, reusing results stored under a key of everything they depend on.
 
@@ -204,6 +284,7 @@ def run_files_cached(
     probe go to ``workers`` processes (largest first, so the slow wide ones do not come last), each on one thread,
     so the numbers do not depend on ``workers``. The results come back in the order of ``files``.
     """
+    operating = operating or OperatingSettings(seed=config.seed)
     split_keys = {name: stable_digest(sorted(mapping.items())) for name, mapping in splits.items()}
     keys = []
     for path, cells in files:
@@ -212,23 +293,34 @@ def run_files_cached(
         if missing:
             raise DetectionError(f"{path}: no splits given for dataset(s) {missing}")
         content = sha256_file(Path(path))
-        keys.append(store.key(content, list(cells), [split_keys[d] for d in datasets], config, n_boot))
+        split_key = [split_keys[d] for d in datasets]
+        keys.append(store.results.key(content, list(cells), split_key, config, n_boot, operating))
     todo = [i for i, key in enumerate(keys) if not store.has(key)]
     todo.sort(key=lambda i: -Path(files[i][0]).stat().st_size)
     jobs = []
     for i in todo:
         path, cells = files[i]
         wanted = {d: splits[d] for d in {cell.dataset for cell in cells}}
-        jobs.append((Path(path), list(cells), wanted, config, n_boot))
+        jobs.append((Path(path), list(cells), wanted, config, n_boot, operating))
     bar = progress_bar(len(todo), "condition files", "file", progress)
 
-    def done(position: int, frame: pd.DataFrame) -> None:
-        store.write(keys[todo[position]], frame)
+    def done(position: int, frames: CellFrames) -> None:
+        store.write(keys[todo[position]], frames)
         bar.update(1)
 
     map_single_threaded(_probe_file, jobs, workers, done)
     bar.close()
     # Every frame is read back from its CSV, so a first run and a cached run hand on the same values and dtypes.
-    frames = [store.read(key) for key in keys]
-    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RESULT_COLUMNS))
-    return CachedRun(results, len(todo), len(files) - len(todo))
+    read = [store.read(key) for key in keys]
+
+    def joined(part: str, columns: Sequence[str]) -> pd.DataFrame:
+        frames = [getattr(r, part) for r in read if not getattr(r, part).empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
+
+    return CachedRun(
+        joined("results", RESULT_COLUMNS),
+        len(todo),
+        len(files) - len(todo),
+        joined("operating", OPERATING_RESULT_COLUMNS),
+        joined("gaps", GAP_RESULT_COLUMNS),
+    )

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lesionsignal.analysis.detection import summarise
+from lesionsignal.analysis.operating_points import OPERATING_COLUMNS, OperatingSettings, operating_points
 from lesionsignal.analysis.probe import ProbeConfig, ProbeError, ProbeResult, fit_probe
 from lesionsignal.analysis.stats import (
     StatsError,
@@ -162,6 +163,7 @@ class DiseaseResults:
     t9: pd.DataFrame  # one row per (model, dataset, task, perturbation) cell, with q and significant
     skipped: pd.DataFrame  # cells that could not be computed, with the reason
     scores: pd.DataFrame  # one row per (model, dataset, task, test image): patient, label, the probe's score
+    operating: pd.DataFrame  # one row per (task, model, dataset, target specificity): the T2 probe's operating point
 
 
 # (model, dataset) -> (image ids, clean global embeddings); (model, dataset, condition) -> (ids, perturbed ones)
@@ -180,9 +182,11 @@ def run_disease(
     alpha: float,
     diseases: Sequence[str] = DISEASES,
     paired_n_boot: int = 10_000,
+    operating: OperatingSettings | None = None,
 ) -> DiseaseResults:
     """T2 and T9 for every model x dataset x disease; a probe that cannot be fitted is listed with its reason."""
-    t2, t9, skipped, scores = [], [], [], []
+    operating = operating or OperatingSettings(seed=config.seed)
+    t2, t9, skipped, scores, points = [], [], [], [], []
     for model in models:
         for dataset, manifest in manifests.items():
             ids, x = load_clean(model, dataset)
@@ -204,6 +208,10 @@ def run_disease(
                     {"task": disease, "model": model, "dataset": dataset, **t2_row(design, result, n_boot, config.seed)}
                 )
                 scores.append(test_scores(key, design, result))
+                found = operating_points(
+                    result.train_labels, result.train_scores, result.test_labels, result.test_scores, operating
+                )
+                points += [{"task": disease, "model": model, "dataset": dataset, **p.row()} for p in found]
                 for condition, (p_ids, p_x) in perturbed.items():
                     rows = rows_for(p_ids, design.ids_test, f"{model} / {dataset} / {condition}")
                     cell = clean_vs_perturbed(design, result, p_x[rows], paired_n_boot, config.seed)
@@ -215,6 +223,7 @@ def run_disease(
         t9=t9_frame,
         skipped=pd.DataFrame(skipped, columns=["model", "dataset", "task", "reason"]),
         scores=pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=list(SCORE_COLUMNS)),
+        operating=pd.DataFrame(points, columns=["task", "model", "dataset", *OPERATING_COLUMNS]),
     )
 
 

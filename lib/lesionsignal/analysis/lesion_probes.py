@@ -26,6 +26,7 @@ from lesionsignal.analysis.lesions import (
     stratum_auc,
 )
 from lesionsignal.analysis.probe import ProbeConfig, ProbeError, fit_probe, grouped_stratified_folds
+from lesionsignal.analysis.size_strata import SHARED, StrataRows
 from lesionsignal.analysis.stats import benjamini_hochberg, bootstrap_auc_ci, paired_bootstrap_delta
 from lesionsignal.core.kinds import Pool
 from lesionsignal.features.extraction import PooledFeatures
@@ -77,6 +78,13 @@ class PoolFit:
     n_test: int
     test_labels: np.ndarray
     test_scores: np.ndarray
+    train_labels: np.ndarray  # the training rows' labels and out-of-fold scores: where thresholds are chosen
+    train_scores: np.ndarray
+    test_areas: np.ndarray  # per test row: the positive's area (NaN for a negative)
+    test_owners: np.ndarray  # per test row: its positive (size_strata.SHARED for a negative every stratum uses)
+
+    def strata_rows(self) -> StrataRows:
+        return StrataRows(self.test_labels, self.test_scores, self.test_areas, self.test_owners)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ class CellData:
     strata_test: pd.DataFrame  # rows of the test split with "stratum" (or empty: see strata_note)
     strata_note: str
     features: Callable[[str, str], np.ndarray]  # (pool, split) -> matrix
+    test_areas: np.ndarray  # per test row, aligned with y_test: the positive's area, NaN for a negative
+    test_owners: np.ndarray  # per test row: the positive it belongs to (itself), or SHARED
 
 
 def fit_problem(y_train: np.ndarray, groups_train: np.ndarray, y_test: np.ndarray, folds: int, seed: int = 42) -> str:
@@ -138,13 +148,16 @@ def image_level_data(design: LesionDesign, features: PooledFeatures, lesion_clas
     test_rows = targets.loc[targets["split"] == TEST]
     strata, note = _strata_or_note(lambda: assign_strata(targets, TEST), test_rows)
     ids = {TRAIN: targets.loc[train, "image_id"].tolist(), TEST: test_rows["image_id"].tolist()}
+    labels = test_rows["label"].to_numpy()
     return CellData(
         y_train=targets.loc[train, "label"].to_numpy(),
         groups_train=patients[train],
-        y_test=test_rows["label"].to_numpy(),
+        y_test=labels,
         strata_test=strata,
         strata_note=note,
         features=lambda pool, split: features.global_matrix(pool, ids[split]),
+        test_areas=test_rows["area"].to_numpy(dtype=np.float64),
+        test_owners=np.where(labels == 1, np.arange(labels.size), SHARED),
     )
 
 
@@ -162,13 +175,16 @@ def box_level_data(samples: Sequence[BoxSample], features: PooledFeatures) -> Ce
     by_split = {name: [s for s, sp in zip(samples, split_of, strict=True) if sp == name] for name in (TRAIN, TEST)}
     test_rows = frame.loc[frame["split"] == TEST]
     strata, note = _strata_or_note(lambda: box_level_strata(samples, TEST), test_rows)
+    labels = test_rows["label"].to_numpy()
     return CellData(
         y_train=frame.loc[frame["split"] == TRAIN, "label"].to_numpy(),
         groups_train=frame.loc[frame["split"] == TRAIN, "group"].to_numpy(),
-        y_test=test_rows["label"].to_numpy(),
+        y_test=labels,
         strata_test=strata,
         strata_note=note,
         features=lambda pool, split: box_rows(features, pool, by_split[split]),
+        test_areas=np.where(labels == 1, test_rows["area"].to_numpy(dtype=np.float64), np.nan),
+        test_owners=test_rows["source_box"].to_numpy(),
     )
 
 
@@ -217,6 +233,10 @@ def fit_cell(
                 n_test=result.n_test,
                 test_labels=result.test_labels,
                 test_scores=result.test_scores,
+                train_labels=result.train_labels,
+                train_scores=result.train_scores,
+                test_areas=data.test_areas,
+                test_owners=data.test_owners,
             )
         )
     return fits

@@ -99,6 +99,10 @@ class ProbeResult:
     n_train: int
     n_test: int
     model: LinearProbeModel = field(repr=False)
+    # Out-of-fold decision values of the training rows at the chosen C (each from the fold model that did not see
+    # it): where thresholds are chosen, so no test row ever decides one (F1 here, operating points downstream).
+    train_scores: np.ndarray = field(repr=False)
+    train_labels: np.ndarray = field(repr=False)
 
 
 def _check_features(x: object, name: str) -> np.ndarray:
@@ -337,4 +341,6 @@ def fit_probe(
         n_train=int(ytr.size),
         n_test=int(yte.size),
         model=model,
+        train_scores=oof[best_index].copy(),
+        train_labels=ytr,
     )

@@ -23,7 +23,14 @@ from lesionsignal.demo.config import DemoCohortConfig
 from lesionsignal.paper.outputs import RunLabel
 from lesionsignal.paper.registry import SFDI_PANEL
 from lesionsignal.stimuli.convention import Convention, PanelSwitches
-from lesionsignal.stimuli.panel import PanelError, condition_names
+from lesionsignal.stimuli.panel import (
+    Condition,
+    Family,
+    PanelError,
+    all_condition_names,
+    condition_names,
+    resolve_panel,
+)
 
 T = TypeVar("T")
 
@@ -44,6 +51,8 @@ class PanelParams:
     margin: float = 0.15  # the paper's central 70 %; the authors' final code used 0.20
     base_seed: int = 42
     conditions: tuple[str, ...] = ()  # empty: the whole 29-condition panel
+    # families the paper did not test (quantum_noise, jpeg, line_streak), added to the panel when listed here
+    extra_families: tuple[Family, ...] = ()
     # spec: the protocol text; authors: the authors' code pixel for pixel (docs/PROTOCOL.md section 2)
     convention: Convention = Convention.SPEC
     switches: dict[str, str] = field(default_factory=dict)  # single switches set apart from the convention
@@ -51,6 +60,10 @@ class PanelParams:
     def resolved_switches(self) -> PanelSwitches:
         """The convention's switches with this run's overrides."""
         return PanelSwitches.for_convention(self.convention).with_overrides(self.switches)
+
+    def chosen(self) -> list[Condition]:
+        """The run's conditions: ``conditions`` (empty: the paper's 29), then the switched-on extra families'."""
+        return resolve_panel(self.conditions, self.extra_families)
 
     def __post_init__(self) -> None:
         try:
@@ -61,10 +74,14 @@ class PanelParams:
             raise FieldError("canvas_size", f"must be at least 64, got {self.canvas_size}")
         if not 0.0 <= self.margin < 0.5:
             raise FieldError("margin", f"must be in [0, 0.5), got {self.margin}")
-        known = condition_names()
+        known = all_condition_names()
         for i, name in enumerate(self.conditions):
             if name not in known:
                 raise FieldError(f"conditions[{i}]", f"unknown condition {name!r} (known: {', '.join(known)})")
+        try:
+            self.chosen()
+        except PanelError as err:
+            raise FieldError("extra_families", str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -271,12 +288,60 @@ class ProbeParams:
 
 
 @dataclass(frozen=True)
+class OperatingPointParams:
+    """Sensitivity at fixed specificities and PPV / NPV for every probe (docs/PROTOCOL.md section 6.1)."""
+
+    specificities: tuple[float, ...] = (0.90, 0.95)  # thresholds chosen on out-of-fold training scores
+    prevalence: float = 0.03  # for PPV / NPV: small lesions in a screening cohort are a few percent of films
+    n_boot: int = 1000  # resamples of the training and the test rows (the seed is probe.seed)
+
+    def __post_init__(self) -> None:
+        if not self.specificities:
+            raise FieldError("specificities", "name at least one target specificity")
+        for i, value in enumerate(self.specificities):
+            if not 0.0 < value < 1.0:
+                raise FieldError(f"specificities[{i}]", f"must lie strictly between 0 and 1, got {value}")
+        if len(set(self.specificities)) != len(self.specificities):
+            raise FieldError("specificities", f"values repeat: {list(self.specificities)}")
+        if not 0.0 < self.prevalence < 1.0:
+            raise FieldError("prevalence", f"must lie strictly between 0 and 1 (a fraction), got {self.prevalence}")
+        if self.n_boot < 1:
+            raise FieldError("n_boot", f"must be positive, got {self.n_boot}")
+
+
+@dataclass(frozen=True)
 class LesionParams:
     classes: tuple[str, ...] = ("Calcification", "Nodule", "Mass")
     negatives_per_positive: int = 2
     negative_placement: Literal["same_position", "uniform"] = "same_position"  # the authors: uniform
     n_boot: int = 10000
-    seed: int = 42  # negatives' images and (uniform) positions, and the paired bootstrap
+    seed: int = 42  # negatives' images and (uniform) positions, the paired bootstrap, the box jitter's draws
+    # size strata beyond the median split: each entry cuts the test positives' areas at these percentiles
+    size_strata: tuple[tuple[float, ...], ...] = ((0.5,), (1 / 3,), (2 / 3,), (1 / 3, 2 / 3))
+    power_alpha: float = 0.05  # the detectable AUC differences of the strata: two-sided level ...
+    power: float = 0.8  # ... and power
+    jitter: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # box jitter of the patch-local probe, in encoder patches
+    # an official split that shares patients (ChestX-Det10's) is also analysed re-split by patient, side by side
+    compare_splits: bool = True
+
+    @property
+    def second_pass(self) -> bool:
+        """Whether the lesion images may be encoded once more, for boxes the official design does not pool at."""
+        return any(j > 0 for j in self.jitter) or self.compare_splits
+
+    def __post_init__(self) -> None:
+        for i, cuts in enumerate(self.size_strata):
+            if not cuts or any(not 0.0 < c < 1.0 for c in cuts) or list(cuts) != sorted(set(cuts)):
+                raise FieldError(f"size_strata[{i}]", f"need increasing fractions inside (0, 1), got {list(cuts)}")
+        if not 0.0 < self.power_alpha < 1.0:
+            raise FieldError("power_alpha", f"must lie strictly between 0 and 1, got {self.power_alpha}")
+        if not 0.0 < self.power < 1.0:
+            raise FieldError("power", f"must lie strictly between 0 and 1, got {self.power}")
+        for i, level in enumerate(self.jitter):
+            if level < 0:
+                raise FieldError(f"jitter[{i}]", f"a jitter is a non-negative number of patches, got {level}")
+        if len(set(self.jitter)) != len(self.jitter):
+            raise FieldError("jitter", f"values repeat: {list(self.jitter)}")
 
 
 @dataclass(frozen=True)
@@ -353,6 +418,7 @@ class Params:
     encoders: tuple[EncoderParams, ...] = ()
     extraction: ExtractionParams = field(default_factory=ExtractionParams)
     probe: ProbeParams = field(default_factory=ProbeParams)
+    operating_points: OperatingPointParams = field(default_factory=OperatingPointParams)
     lesions: LesionParams = field(default_factory=LesionParams)
     sfdi: SfdiParams = field(default_factory=SfdiParams)
     separation: SeparationParams = field(default_factory=SeparationParams)

@@ -177,6 +177,18 @@ def patient_disjoint_split(patients: Sequence[str], splits: Sequence[str], seed:
     ]
 
 
+def patient_disjoint_manifest(manifest: Manifest, seed: int) -> Manifest:
+    """The same images re-split by ``patient_disjoint_split``: a manifest of the official split (patients on both
+    sides, ``SplitPolicy.OVERLAP_REPORTED``) becomes the one ``split: patient_disjoint`` would have read. Needs
+    patient ids from the source (NIH names or a name map)."""
+    if manifest.patient_ids is not PatientIds.SOURCE:
+        raise ManifestError(manifest.cohort, _NEEDS_PATIENTS)
+    records = manifest.records
+    splits = patient_disjoint_split([r.patient_id for r in records], [r.split for r in records], seed)
+    moved = manifest.with_records(replace(r, split=s) for r, s in zip(records, splits, strict=True))
+    return replace(moved, split_policy=SplitPolicy.PATIENT_DISJOINT)
+
+
 @dataclass(frozen=True)
 class DetEntry:
     """One image's record in a ChestX-Det10-style JSON file."""

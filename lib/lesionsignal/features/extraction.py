@@ -450,6 +450,32 @@ def read_features(source: FeatureSource, units: Sequence[Unit], store: Store) ->
     )
 
 
+def with_local(base: PooledFeatures, extra: PooledFeatures) -> PooledFeatures:
+    """``base`` with the local vectors of ``extra`` added (a later plan's boxes of some of the same images): the
+    global pools stay base's. A box both hold keeps base's vector, so adding boxes never changes an existing row."""
+    if base.source_id != extra.source_id or base.local_name != extra.local_name:
+        joined = f"{extra.source_id} / {extra.local_name} to {base.source_id} / {base.local_name}"
+        raise ExtractionError(f"cannot join {joined}")
+    owners = [str(i) for i in extra.image_ids[extra.box_image]]
+    unknown = sorted(set(owners) - set(base._image_rows))
+    if unknown:
+        raise ExtractionError(f"{base.source_id}: local vectors of images without global pools: {unknown[:5]}")
+    new = [
+        row
+        for row, (owner, box) in enumerate(zip(owners, extra.boxes, strict=True))
+        if (owner, tuple(int(v) for v in box)) not in base._box_rows
+    ]
+    return PooledFeatures(
+        source_id=base.source_id,
+        image_ids=base.image_ids,
+        global_pools=base.global_pools,
+        local_name=base.local_name,
+        local=np.concatenate([base.local, extra.local[new]]),
+        box_image=np.concatenate([base.box_image, np.asarray([base._image_rows[owners[r]] for r in new], np.int64)]),
+        boxes=np.concatenate([base.boxes, extra.boxes[new]]),
+    )
+
+
 def assemble_panel(source: FeatureSource, plan: Plan, store: Store, folder: Path) -> dict[str, Path]:
     """One file per condition (image ids, boxes, clean_* / perturbed_* pools, the clean twin pooled at the
     perturbed twin's box) and ``clean.npz`` (the clean global pools), in ``folder``."""

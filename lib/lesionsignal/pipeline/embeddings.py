@@ -33,7 +33,7 @@ from lesionsignal.pipeline.executors import run_step
 from lesionsignal.pipeline.sources import device_for, encoder_source, panel_sources
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 from lesionsignal.pipeline.units import JobSet, UnitStep
-from lesionsignal.stimuli.panel import Condition, panel
+from lesionsignal.stimuli.panel import Condition
 from lesionsignal.stimuli.placement import Placement
 
 SUMMARY = "summary.json"  # per (source, cohort): conditions, rows, vector width, units of the stored vectors
@@ -52,7 +52,7 @@ def placement(params: Params) -> Placement:
 
 
 def conditions(params: Params) -> list[Condition]:
-    return panel(params.panel.conditions)
+    return params.panel.chosen()
 
 
 def source_ids(params: Params) -> list[str]:

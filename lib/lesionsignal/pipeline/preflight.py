@@ -348,8 +348,9 @@ def _check_source(entry: EncoderParams, spec: EncoderSpec, where: str, report: R
 
 
 def _forward_passes(params: Params, sizes: dict[str, int]) -> int:
-    """Per encoder: each panel image once clean and once per condition, each lesion image once. A cohort that
-    could not be read counts with its planned ``n_images`` (0 when it has none)."""
+    """Per encoder: each panel image once clean and once per condition, each lesion image once, and once more when
+    the box jitter or the split comparison may need boxes the first pass did not pool at (an upper bound). A cohort
+    that could not be read counts with its planned ``n_images`` (0 when it has none)."""
     n_conditions = len(conditions(params))
 
     def size(cohort: CohortParams) -> int:
@@ -357,7 +358,7 @@ def _forward_passes(params: Params, sizes: dict[str, int]) -> int:
 
     panel = sum(size(c) for c in params.cohorts_for(Analysis.PANEL)) * (1 + n_conditions)
     lesions = sum(size(c) for c in params.cohorts_for(Analysis.LESIONS))
-    return panel + lesions
+    return panel + lesions * (2 if params.lesions.second_pass else 1)
 
 
 def _extracted_images(params: Params, sizes: dict[str, int]) -> int:

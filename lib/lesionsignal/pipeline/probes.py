@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from lesionsignal.analysis.detection import file_cells, probe_store, run_files_cached
+from lesionsignal.analysis.detection import CachedRun, file_cells, probe_store, run_files_cached
 from lesionsignal.analysis.disease import run_disease
 from lesionsignal.analysis.finetune import FinetuneConfig, default_cells, finetune_store, run_finetune, study_config
 from lesionsignal.analysis.learning import (
@@ -23,6 +23,7 @@ from lesionsignal.analysis.learning import (
     disease_rows,
     retrieval_row,
 )
+from lesionsignal.analysis.operating_points import OperatingSettings
 from lesionsignal.analysis.probe import ProbeConfig, Solver
 from lesionsignal.config.params import Analysis, Params, ProbeParams
 from lesionsignal.core.files import array_names, load_arrays
@@ -42,6 +43,9 @@ from lesionsignal.pipeline.sources import device_for
 from lesionsignal.pipeline.stage import Run, StageName, write_output
 
 DETECTION = "detection.json"  # every detection probe and the fine-tuned CNN's rows (RESULT_COLUMNS)
+OPERATING = "operating_points.json"  # every detection probe's sensitivity at fixed specificities, PPV and NPV
+SENSITIVITY_GAPS = "sensitivity_gaps.json"  # patch-local minus CLS sensitivity per cell and target specificity
+DISEASE_OPERATING = "disease_operating_points.json"  # the T2 probes' operating points
 FINETUNE = "finetune.json"  # the fine-tuned CNN's rows with where its weights came from (empty: not run)
 T2 = "t2.json"
 T9 = "t9.json"
@@ -62,6 +66,17 @@ def probe_config(settings: ProbeParams, device: str = "cpu") -> ProbeConfig:
     )
 
 
+def operating_settings(params: Params) -> OperatingSettings:
+    """The operating points as the run's parameters set them (seeded by the probe's seed)."""
+    settings = params.operating_points
+    return OperatingSettings(
+        specificities=tuple(settings.specificities),
+        prevalence=settings.prevalence,
+        n_boot=settings.n_boot,
+        seed=params.probe.seed,
+    )
+
+
 def finetune_config(params: Params) -> FinetuneConfig:
     """The study's ResNet-50 at 224 px; on demo and smoke runs a small CNN that trains from scratch on CPU."""
     device = device_for(params)
@@ -71,7 +86,7 @@ def finetune_config(params: Params) -> FinetuneConfig:
     return FinetuneConfig(epochs=settings.cnn_epochs, seed=settings.seed, n_boot=settings.n_boot, device=device)
 
 
-def _detection(run: Run, timings: list[dict]) -> pd.DataFrame:
+def _detection(run: Run, timings: list[dict]) -> CachedRun:
     params = run.params
     started = time.perf_counter()
     splits = {name: splits_of(m) for name, m in manifests(run, Analysis.PANEL).items()}
@@ -82,12 +97,13 @@ def _detection(run: Run, timings: list[dict]) -> pd.DataFrame:
                 path = embedding_file(run, source, cohort, condition.name)
                 files.append((path, file_cells(source, cohort, condition.name, array_names(path))))
     store = probe_store(run.catalog.probe_results)
+    config, n_boot = probe_config(params.probe), params.probe.n_boot
     done = run_files_cached(
-        files, splits, probe_config(params.probe), params.probe.n_boot, store, params.probe.workers, run.progress
+        files, splits, config, n_boot, store, params.probe.workers, run.progress, operating_settings(params)
     )
     step = {"step": "detection probes", "seconds": time.perf_counter() - started}
     timings.append({**step, "probed": done.files_probed, "reused": done.files_reused, "probes": len(done.results)})
-    return done.results
+    return done
 
 
 def _finetuned(run: Run, timings: list[dict]) -> pd.DataFrame:
@@ -136,8 +152,10 @@ def _disease(run: Run, timings: list[dict]) -> None:
             params.probe.n_boot,
             params.probe.alpha,
             paired_n_boot=params.probe.paired_n_boot,
+            operating=operating_settings(params),
         )
     write_output(run, StageName.PROBES, T2, results.t2)
+    write_output(run, StageName.PROBES, DISEASE_OPERATING, results.operating)
     write_output(run, StageName.PROBES, T9, results.t9)
     write_output(run, StageName.PROBES, DISEASE_SKIPPED, results.skipped)
     write_output(run, StageName.PROBES, LEARNING, _learning(run, cohorts, results.scores))
@@ -171,7 +189,10 @@ def _clean_pool(run: Run, model: str, dataset: str, pool: Pool) -> tuple[np.ndar
 
 def compute(run: Run) -> bool:
     timings: list[dict] = []
-    results = _detection(run, timings)
+    detection = _detection(run, timings)
+    results = detection.results
+    write_output(run, StageName.PROBES, OPERATING, detection.operating)
+    write_output(run, StageName.PROBES, SENSITIVITY_GAPS, detection.gaps)
     finetuned = _finetuned(run, timings)
     write_output(run, StageName.PROBES, FINETUNE, finetuned)
     if not finetuned.empty:

@@ -1,4 +1,4 @@
-"""Drawing a condition into a canvas: kernels, masks, the five families, and ``apply`` (placement + injection).
+"""Drawing a condition into a canvas: kernels, masks, the families, and ``apply`` (placement + injection).
 
 ``apply`` returns a new canvas (the input is never modified) and the patch box.
 """
@@ -163,13 +163,18 @@ def _directional_blur(
     return _filter_patch(canvas, box, context_radius(c), lambda crop: directional_blur_image(crop, c))
 
 
+def to_uint8(values: np.ndarray, cast: TextureCast) -> np.ndarray:
+    """Float gray levels to uint8: clipped to [0, 255], then rounded half to even or truncated."""
+    clipped = np.clip(values, 0, 255)
+    # Clipped first, so truncation towards zero is astype(uint8) without its wrap-round of negatives.
+    return (np.rint(clipped) if cast is TextureCast.ROUND else np.trunc(clipped)).astype(np.uint8)
+
+
 def _add_texture(canvas: np.ndarray, box: Box, texture: np.ndarray, amplitude: float, cast: TextureCast) -> np.ndarray:
     """Add texture x patch mean x amplitude in float64, clip to [0, 255], then round half to even or truncate."""
     out = canvas.copy()
     patch = canvas[box.slices()].astype(np.float64)
-    added = np.clip(patch + texture * patch.mean() * amplitude, 0, 255)
-    # Clipped first, so truncation towards zero is astype(uint8) without its wrap-round of negatives.
-    out[box.slices()] = (np.rint(added) if cast is TextureCast.ROUND else np.trunc(added)).astype(np.uint8)
+    out[box.slices()] = to_uint8(patch + texture * patch.mean() * amplitude, cast)
     return out
 
 
@@ -206,6 +211,73 @@ def _ground_glass(
     return _add_texture(canvas, box, bump, c.amplitude, switches.texture_cast)
 
 
+# ---------------------------------------------------------------- families the paper did not test
+
+
+def _quantum_noise(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
+    """Poisson-Gaussian noise: each gray level v becomes g * Poisson(v / g) + N(0, read_noise^2), g = 255 / quanta.
+
+    The gray level stands in for the detected signal, so brighter (denser) pixels get more absolute noise, as quanta
+    do. Draw order on the shared generator: every pixel's Poisson count (row-major), then every pixel's Gaussian.
+    """
+    assert c.quanta is not None and c.read_noise is not None
+    out = canvas.copy()
+    gain = 255.0 / c.quanta
+    patch = canvas[box.slices()].astype(np.float64)
+    counts = rng.poisson(patch / gain)
+    noisy = counts * gain + rng.normal(0.0, c.read_noise, size=patch.shape)
+    out[box.slices()] = to_uint8(noisy, switches.texture_cast)
+    return out
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """An 8-bit gray image encoded as baseline JPEG at ``quality`` by OpenCV's libjpeg, and decoded again."""
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise PanelError(f"OpenCV could not JPEG-encode an image of shape {image.shape}")
+    return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+
+
+def _jpeg(canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches) -> np.ndarray:
+    """The patch alone goes through JPEG, so its 8 x 8 blocks align with the box and nothing outside it changes."""
+    assert c.quality is not None
+    out = canvas.copy()
+    out[box.slices()] = jpeg_round_trip(canvas[box.slices()], c.quality)
+    return out
+
+
+def streak_mask(patch: int, width: float, angle_deg: float, offset: float) -> np.ndarray:
+    """Pixels whose centres lie less than width / 2 from a straight line across the patch.
+
+    The line runs at ``angle_deg`` (0 = lateral, 90 = cranio-caudal; rows grow downwards) and passes ``offset`` px
+    from the patch centre ((P-1)/2, (P-1)/2) along its normal, so it crosses the patch from edge to edge.
+    """
+    theta = math.radians(angle_deg)
+    offsets = np.arange(patch) - (patch - 1) / 2
+    distance = offsets[None, :] * -math.sin(theta) + offsets[:, None] * math.cos(theta) - offset
+    return np.abs(distance) < width / 2
+
+
+def _line_streak(
+    canvas: np.ndarray, c: Condition, box: Box, rng: np.random.Generator, switches: PanelSwitches
+) -> np.ndarray:
+    """A radiopaque line (lead wire, tube) across the patch: + amplitude x patch mean on the line's pixels.
+
+    Draw order on the shared generator: the angle (uniform in [0, 180) deg), then the offset from the centre
+    (uniform in [-P/4, P/4] px), so the line always crosses the patch.
+    """
+    assert c.width is not None and c.amplitude is not None
+    angle = float(rng.uniform(0.0, 180.0))
+    offset = float(rng.uniform(-c.patch / 4, c.patch / 4))
+    mask = streak_mask(c.patch, c.width, angle, offset)
+    patch = canvas[box.slices()].astype(np.float64)
+    out = canvas.copy()
+    out[box.slices()] = to_uint8(patch + mask * patch.mean() * c.amplitude, switches.texture_cast)
+    return out
+
+
 _INJECTORS = types.MappingProxyType(
     {
         Family.GEOMETRIC: _geometric,
@@ -213,6 +285,9 @@ _INJECTORS = types.MappingProxyType(
         Family.DIRECTIONAL_BLUR: _directional_blur,
         Family.RETICULAR: _reticular,
         Family.GROUND_GLASS: _ground_glass,
+        Family.QUANTUM_NOISE: _quantum_noise,
+        Family.JPEG: _jpeg,
+        Family.LINE_STREAK: _line_streak,
     }
 )
 

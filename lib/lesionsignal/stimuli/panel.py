@@ -1,7 +1,9 @@
 """The controlled-stimulus panel: 29 conditions, each one square patch of a family with its parameters.
 
 Every condition is a frozen ``Condition``; where a patch goes is ``lesionsignal.stimuli.placement`` and how it is
-drawn is ``lesionsignal.stimuli.inject``.
+drawn is ``lesionsignal.stimuli.inject``. Beside the paper's 29, three families the paper lists as untested
+(quantum noise, JPEG compression, a line streak) have one condition each; a run adds them only when its parameters
+switch their family on (``resolve_panel``), so the paper's panel stays the 29.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ ISO_BLUR_SIGMA = 0.0  # passed to OpenCV as is: 0 selects its rule, 3.5 px for a
 RETICULAR_AMPLITUDE = 0.08
 GROUND_GLASS_AMPLITUDE = 0.06
 GROUND_GLASS_SIGMA = 12.0
+# The families the paper did not test (docs/PROTOCOL.md section 2.5).
+QUANTUM_NOISE_QUANTA = 2000  # detected quanta at gray level 255: a patch at gray 128 gets about 4 gray levels of sd
+QUANTUM_NOISE_READ = 2.0  # electronic (Gaussian) noise sd in gray levels
+JPEG_QUALITY = 90  # "high quality": what PACS exports and teaching files commonly use
+STREAK_WIDTH = 2  # px: a thin lead wire or tube seen edge-on
+STREAK_AMPLITUDE = 0.2  # added on the line as a fraction of the patch mean (radiopaque: brighter)
 
 
 class PanelError(ValueError):
@@ -32,6 +40,13 @@ class Family(enum.Enum):
     DIRECTIONAL_BLUR = "directional_blur"
     RETICULAR = "reticular"
     GROUND_GLASS = "ground_glass"
+    # Untested by the paper; in a run only when switched on (``panel.extra_families``).
+    QUANTUM_NOISE = "quantum_noise"
+    JPEG = "jpeg"
+    LINE_STREAK = "line_streak"
+
+
+UNTESTED_FAMILIES: tuple[Family, ...] = (Family.QUANTUM_NOISE, Family.JPEG, Family.LINE_STREAK)
 
 
 class Shape(enum.Enum):
@@ -51,6 +66,9 @@ _FAMILY_FIELDS: Mapping[Family, frozenset[str]] = types.MappingProxyType(
         Family.DIRECTIONAL_BLUR: frozenset({"angle_deg", "length"}),
         Family.RETICULAR: frozenset({"period", "amplitude"}),
         Family.GROUND_GLASS: frozenset({"sigma", "amplitude"}),
+        Family.QUANTUM_NOISE: frozenset({"quanta", "read_noise"}),
+        Family.JPEG: frozenset({"quality"}),
+        Family.LINE_STREAK: frozenset({"width", "amplitude"}),
     }
 )
 _OPTIONAL_FIELDS = frozenset({"radius"})  # geometric circles only
@@ -71,6 +89,10 @@ class Condition:
     length: int | None = None  # motion line length in px, odd
     period: int | None = None  # reticular grid period in px
     amplitude: float | None = None  # added contrast as a fraction of the patch mean
+    quanta: int | None = None  # quantum noise: detected quanta at gray level 255
+    read_noise: float | None = None  # quantum noise: Gaussian sd in gray levels
+    quality: int | None = None  # JPEG quality, 1-100
+    width: int | None = None  # line streak: thickness in px
 
     def __post_init__(self) -> None:
         if self.patch < 1:
@@ -87,6 +109,14 @@ class Condition:
             raise PanelError(f"condition {self.name!r}: a circle needs radius")
         if self.length is not None and (self.length < 1 or self.length % 2 == 0):
             raise PanelError(f"condition {self.name!r}: length must be odd and >= 1, got {self.length}")
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise PanelError(f"condition {self.name!r}: JPEG quality must be in 1-100, got {self.quality}")
+        for name in ("quanta", "width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PanelError(f"condition {self.name!r}: {name} must be >= 1, got {value}")
+        if self.read_noise is not None and self.read_noise < 0:
+            raise PanelError(f"condition {self.name!r}: read_noise must be >= 0, got {self.read_noise}")
 
     def area_ratio(self, canvas_size: int = 1024) -> float:
         """Patch area over canvas area, as a fraction (not a percentage)."""
@@ -139,6 +169,19 @@ def _describe_ground_glass(c: Condition) -> str:
     return f"Gaussian bump sigma {c.sigma:g} px, amplitude {c.amplitude:.0%} of patch mean"
 
 
+def _describe_quantum_noise(c: Condition) -> str:
+    return f"Poisson-Gaussian noise, {c.quanta} quanta at gray 255, read noise sd {c.read_noise:g} gray levels"
+
+
+def _describe_jpeg(c: Condition) -> str:
+    return f"JPEG round trip of the patch at quality {c.quality} (8 x 8 blocks aligned to the patch)"
+
+
+def _describe_line_streak(c: Condition) -> str:
+    assert c.amplitude is not None
+    return f"straight line {c.width} px wide across the patch at a drawn angle, +{c.amplitude:.0%} of patch mean"
+
+
 _DESCRIBERS = types.MappingProxyType(
     {
         Family.GEOMETRIC: _describe_geometric,
@@ -146,6 +189,9 @@ _DESCRIBERS = types.MappingProxyType(
         Family.DIRECTIONAL_BLUR: _describe_directional,
         Family.RETICULAR: _describe_reticular,
         Family.GROUND_GLASS: _describe_ground_glass,
+        Family.QUANTUM_NOISE: _describe_quantum_noise,
+        Family.JPEG: _describe_jpeg,
+        Family.LINE_STREAK: _describe_line_streak,
     }
 )
 
@@ -183,20 +229,42 @@ def _build_panel() -> tuple[Condition, ...]:
     return tuple(conditions)
 
 
+def _build_untested() -> tuple[Condition, ...]:
+    # P 64: a patch side the paper's panel already uses, so the clean units (pooled at every side) stay as they are.
+    return (
+        Condition(
+            "quantum_noise_64", Family.QUANTUM_NOISE, 64, quanta=QUANTUM_NOISE_QUANTA, read_noise=QUANTUM_NOISE_READ
+        ),
+        Condition("jpeg_q90_64", Family.JPEG, 64, quality=JPEG_QUALITY),
+        Condition("line_streak_64", Family.LINE_STREAK, 64, width=STREAK_WIDTH, amplitude=STREAK_AMPLITUDE),
+    )
+
+
 _PANEL: tuple[Condition, ...] = _build_panel()
-_BY_NAME: Mapping[str, Condition] = types.MappingProxyType({c.name: c for c in _PANEL})
+_UNTESTED: tuple[Condition, ...] = _build_untested()
+_BY_NAME: Mapping[str, Condition] = types.MappingProxyType({c.name: c for c in (*_PANEL, *_UNTESTED)})
 
 
 def condition_names() -> tuple[str, ...]:
-    """The 29 names in canonical order: geometric, iso blur, directional, reticular, ground glass."""
+    """The paper's 29 names in canonical order: geometric, iso blur, directional, reticular, ground glass."""
     return tuple(c.name for c in _PANEL)
+
+
+def untested_condition_names() -> tuple[str, ...]:
+    """The conditions of the families the paper did not test, in ``UNTESTED_FAMILIES`` order."""
+    return tuple(c.name for c in _UNTESTED)
+
+
+def all_condition_names() -> tuple[str, ...]:
+    """Every condition a run can name: the paper's 29, then the untested families'."""
+    return (*condition_names(), *untested_condition_names())
 
 
 def get_condition(name: str) -> Condition:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise PanelError(f"unknown condition {name!r}; known: {', '.join(condition_names())}") from None
+        raise PanelError(f"unknown condition {name!r}; known: {', '.join(all_condition_names())}") from None
 
 
 def panel(names: Sequence[str] = ()) -> list[Condition]:
@@ -204,6 +272,26 @@ def panel(names: Sequence[str] = ()) -> list[Condition]:
     if isinstance(names, str):
         raise PanelError(f"panel() takes a sequence of names, got the string {names!r}")
     return [get_condition(n) for n in names] if names else list(_PANEL)
+
+
+def resolve_panel(names: Sequence[str], extra_families: Sequence[Family]) -> list[Condition]:
+    """A run's conditions: the named ones (none: the paper's 29), then every condition of each switched-on untested
+    family not already named. Naming an untested family's condition without switching the family on is refused, so
+    the parameters say in one place whether a run goes beyond the paper's panel."""
+    extra = tuple(extra_families)
+    wrong = [f.value for f in extra if f not in UNTESTED_FAMILIES]
+    if wrong:
+        allowed = ", ".join(f.value for f in UNTESTED_FAMILIES)
+        raise PanelError(f"extra families {wrong} are part of the paper's panel already; switch on only: {allowed}")
+    chosen = panel(names)
+    for condition in chosen:
+        if condition.family in UNTESTED_FAMILIES and condition.family not in extra:
+            raise PanelError(
+                f"condition {condition.name!r} belongs to the untested family {condition.family.value!r}: "
+                "switch the family on (panel.extra_families) to use it"
+            )
+    named = {c.name for c in chosen}
+    return chosen + [c for c in _UNTESTED if c.family in extra and c.name not in named]
 
 
 def _two_significant(value: float) -> float:
