@@ -28,14 +28,13 @@ from lesionsignal.core.kinds import Pool
 from lesionsignal.core.progress import progress_bar
 from lesionsignal.data.canvas_store import stored_canvases
 from lesionsignal.features.depth import forward_depth, has_attention
-from lesionsignal.features.extraction import Plan, Unit
+from lesionsignal.features.extraction import Plan, Unit, view_changes
 from lesionsignal.features.geometry import Geometry
 from lesionsignal.features.loaders import skeleton
-from lesionsignal.features.model_input import Change, View
+from lesionsignal.features.model_input import View
 from lesionsignal.features.pools import EncoderFeatures, local_means
 from lesionsignal.features.registry import EncoderKind, EncoderSpec
 from lesionsignal.features.study_shapes import real_size
-from lesionsignal.stimuli.inject import apply_patch
 
 TOKENS = "tokens"  # the last block's patch-token grid, float16
 ATTENTION = "attention"  # the last block's global-to-patch attention, heads averaged
@@ -119,26 +118,6 @@ def depth_store(folder: Path) -> Store[dict[str, np.ndarray]]:
     return Store.of(folder, ARRAYS, __name__)
 
 
-def _changes(clean: View, unit: Unit, plan: Plan) -> list[Change]:
-    condition = unit.condition
-    assert condition is not None
-    placement = plan.placement
-    changes = []
-    for i, item in enumerate(plan.chunks[unit.chunk]):
-        result = apply_patch(
-            clean.canvases[i],
-            condition,
-            item.image_id,
-            margin=placement.margin,
-            base_seed=placement.base_seed,
-            switches=placement.switches,
-        )
-        if (result.box,) != unit.boxes[i]:
-            raise DepthError(f"{condition.name} / {item.image_id}: patch at {result.box}, planned elsewhere")
-        changes.append(Change(result.box.as_tuple(), result.patch))
-    return changes
-
-
 def unit_file(source: DepthSource, view: View, unit: Unit, plan: Plan) -> dict[str, np.ndarray]:
     chunk = plan.chunks[unit.chunk]
     arrays = source.arrays(view, unit.boxes)
@@ -192,7 +171,7 @@ def run_depth(
                 clean_views[chunk_index] = View(decoded)
             clean = clean_views[chunk_index]
             unit = todo[0][1]
-            view = clean if unit.condition is None else View.perturbed(clean, _changes(clean, unit, first))
+            view = clean if unit.condition is None else View.perturbed(clean, view_changes(clean, unit, first))
             for j, own in todo:
                 source, plan = jobs[j]
                 store.write(own.key, unit_file(source, view, own, plan))

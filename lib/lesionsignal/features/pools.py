@@ -116,15 +116,14 @@ def encoder_key(spec: EncoderSpec, dtype: torch.dtype, seed: int) -> str:
     return stable_digest("encoder", spec, str(dtype), build_seed)
 
 
-@dataclass(frozen=True)
-class PlannedEncoder:
-    """An encoder as a plan sees it, without its weights: the id, key, pools and geometry of the source the
-    workers will load. A process that only submits, waits and assembles (the gpus and slurm executors) plans and
-    reads units with it, so a 7B model is never loaded where it does not run."""
+class EncoderIdentity:
+    """What a plan reads of an encoder source (its id, content key, pool names, which boxes it can pool), from the
+    ``spec``, ``dtype`` and ``seed`` the class provides: one definition for the planned and the loaded encoder, so
+    both always give the same keys."""
 
     spec: EncoderSpec
     dtype: torch.dtype
-    seed: int = 0
+    seed: int
 
     @property
     def source_id(self) -> str:
@@ -149,6 +148,17 @@ class PlannedEncoder:
             return False
         return True
 
+
+@dataclass(frozen=True)
+class PlannedEncoder(EncoderIdentity):
+    """An encoder as a plan sees it, without its weights: the id, key, pools and geometry of the source the
+    workers will load. A process that only submits, waits and assembles (the gpus and slurm executors) plans and
+    reads units with it, so a 7B model is never loaded where it does not run."""
+
+    spec: EncoderSpec
+    dtype: torch.dtype
+    seed: int = 0
+
     def prepare(self, view: View) -> None:
         raise TypeError(f"{self.spec.id}: a planned encoder has no weights; load it to extract")
 
@@ -157,7 +167,7 @@ class PlannedEncoder:
 
 
 @dataclass
-class EncoderFeatures:
+class EncoderFeatures(EncoderIdentity):
     """A frozen encoder as a feature source: its global vector (``cls``), the patch-token mean, patch-local means.
 
     Patch-local pools the tokens whose cells intersect the box mapped through the processor's own resize and crop
@@ -169,31 +179,12 @@ class EncoderFeatures:
     seed: int = 0  # the build seed of a random-init encoder (part of its identity)
 
     @property
-    def spec(self) -> object:
+    def spec(self) -> EncoderSpec:
         return self.encoder.spec
 
     @property
-    def source_id(self) -> str:
-        return self.encoder.spec.id
-
-    @property
-    def key(self) -> str:
-        return encoder_key(self.encoder.spec, self.encoder.dtype, self.seed)
-
-    @property
-    def global_names(self) -> tuple[Pool, ...]:
-        return (Pool.CLS, Pool.PATCH_MEAN)
-
-    @property
-    def local_name(self) -> Pool:
-        return Pool.PATCH_LOCAL
-
-    def can_pool(self, box: Box, canvas_size: int) -> bool:
-        try:
-            self.encoder.spec.geometry.token_mask(box, canvas=canvas_size)
-        except BoxOutsideCrop:
-            return False
-        return True
+    def dtype(self) -> torch.dtype:
+        return self.encoder.dtype
 
     def prepare(self, view: View) -> None:
         view.pixels(self.encoder.spec.geometry, self.encoder.device)
