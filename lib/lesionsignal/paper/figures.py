@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -163,11 +164,24 @@ def _colour(pool: str, order: Sequence[str]) -> str:
     return POOL_COLOURS.get(pool, _FALLBACK_COLOURS[list(order).index(pool) % len(_FALLBACK_COLOURS)])
 
 
-def plot_pool_aucs(frame: pd.DataFrame, level: Level, title: str) -> Figure:
-    """Test AUC with its 95 % CI by pool and model, one panel per lesion class (rows of ``fits_frame``)."""
-    part = frame.loc[frame["level"] == level.value]
-    if part.empty:
-        raise FigureError(f"no {level.value}-level results to plot")
+@dataclass(frozen=True)
+class PoolBars:
+    """How ``pool_bar_panels`` draws one statistic: its columns (value, interval low, interval high), where its
+    bars start, the dashed reference line, the y range and label."""
+
+    value: str
+    low: str
+    high: str
+    bottom: float
+    reference: float
+    ylim: tuple[float, float]
+    ylabel: str
+    clip_errors: bool = False  # an estimate may sit just outside a resampled interval: draw no negative bar
+
+
+def pool_bar_panels(part: pd.DataFrame, bars: PoolBars, title: str) -> Figure:
+    """A statistic with its interval by pool and model, one panel per lesion class (rows with ``lesion_class``,
+    ``pool`` and ``model``)."""
     classes = list(dict.fromkeys(part["lesion_class"]))
     models = list(dict.fromkeys(part["model"]))
     pools = list(dict.fromkeys(part["pool"]))
@@ -176,21 +190,35 @@ def plot_pool_aucs(frame: pd.DataFrame, level: Level, title: str) -> Figure:
     width = 0.8 / len(pools)
     for ax, name in zip(axes, classes, strict=True):
         for k, pool in enumerate(pools):
-            rows = part.loc[(part["lesion_class"] == name) & (part["pool"] == pool)].set_index("model")
+            rows = part.loc[(part["lesion_class"] == name) & (part["pool"] == pool)].set_index("model").reindex(models)
             x = np.arange(len(models)) + (k - (len(pools) - 1) / 2) * width
-            auc = rows["auc"].reindex(models).to_numpy(dtype=float)
-            low = auc - rows["ci_low"].reindex(models).to_numpy(dtype=float)
-            high = rows["ci_high"].reindex(models).to_numpy(dtype=float) - auc
-            ax.bar(x, auc - 0.5, width, bottom=0.5, color=_colour(pool, pools), label=pool)
-            ax.errorbar(x, auc, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+            value = rows[bars.value].to_numpy(dtype=float)
+            errors = np.vstack(
+                [value - rows[bars.low].to_numpy(dtype=float), rows[bars.high].to_numpy(dtype=float) - value]
+            )
+            if bars.clip_errors:
+                errors = np.clip(errors, 0.0, None)
+            ax.bar(x, value - bars.bottom, width, bottom=bars.bottom, color=_colour(pool, pools), label=pool)
+            ax.errorbar(x, value, yerr=errors, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        ax.axhline(bars.reference, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_title(name)
-        ax.set_ylim(_auc_floor(part["ci_low"]), 1.0)
-    axes[0].set_ylabel("test AUC (95 % CI)")
+        ax.set_ylim(*bars.ylim)
+    axes[0].set_ylabel(bars.ylabel)
     _figure_legend(figure, axes)
     figure.suptitle(title)
     return figure
+
+
+def plot_pool_aucs(frame: pd.DataFrame, level: Level, title: str) -> Figure:
+    """Test AUC with its 95 % CI by pool and model, one panel per lesion class (rows of ``fits_frame``)."""
+    part = frame.loc[frame["level"] == level.value]
+    if part.empty:
+        raise FigureError(f"no {level.value}-level results to plot")
+    floor = _auc_floor(part["ci_low"])
+    return pool_bar_panels(
+        part, PoolBars("auc", "ci_low", "ci_high", 0.5, 0.5, (floor, 1.0), "test AUC (95 % CI)"), title
+    )
 
 
 def plot_stratum_gaps(frame: pd.DataFrame, title: str) -> Figure:

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lesionsignal.paper.figures import FigureError, _bar_panels_width, _colour, _figure_legend
+from lesionsignal.paper.figures import (
+    FigureError,
+    PoolBars,
+    _colour,
+    _figure_legend,
+    pool_bar_panels,
+)
 
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 MODEL_LINES = ("-", "--", ":", "-.")
@@ -27,27 +33,9 @@ def plot_lesion_sensitivity(operating: pd.DataFrame, level: str, target: float, 
     part = operating.loc[(operating["level"] == level) & ((operating["target_specificity"] - target).abs() < 1e-9)]
     if part.empty:
         raise FigureError(f"no {level}-level operating points at specificity {target}")
-    classes = list(dict.fromkeys(part["lesion_class"]))
-    models = list(dict.fromkeys(part["model"]))
-    pools = list(dict.fromkeys(part["pool"]))
-    figure = Figure(figsize=(_bar_panels_width(len(models), len(classes)), 4.0), layout="constrained")
-    axes = figure.subplots(1, len(classes), squeeze=False, sharey=True)[0]
-    width = 0.8 / len(pools)
-    for ax, name in zip(axes, classes, strict=True):
-        for k, pool in enumerate(pools):
-            rows = part.loc[(part["lesion_class"] == name) & (part["pool"] == pool)].set_index("model").reindex(models)
-            x = np.arange(len(models)) + (k - (len(pools) - 1) / 2) * width
-            ax.bar(x, rows["sensitivity"].to_numpy(dtype=float), width, color=_colour(pool, pools), label=pool)
-            err = _error(rows["sensitivity"], rows["sensitivity_low"], rows["sensitivity_high"])
-            ax.errorbar(x, rows["sensitivity"], yerr=err, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-        ax.axhline(1.0 - target, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize=8)
-        ax.set_title(name)
-        ax.set_ylim(0.0, 1.0)
-    axes[0].set_ylabel(f"sensitivity at {target:.0%} specificity\n(dashed: a probe at chance)")
-    _figure_legend(figure, axes)
-    figure.suptitle(title)
-    return figure
+    ylabel = f"sensitivity at {target:.0%} specificity\n(dashed: a probe at chance)"
+    bars = PoolBars("sensitivity", "sensitivity_low", "sensitivity_high", 0.0, 1.0 - target, (0.0, 1.0), ylabel, True)
+    return pool_bar_panels(part, bars, title)
 
 
 def plot_sensitivity_gaps(gaps: pd.DataFrame, target: float, title: str) -> Figure:
