@@ -18,7 +18,16 @@ from lesionsignal.analysis.layerwise import LayerCell, layer_probes, peak_layers
 from lesionsignal.analysis.mil import MilConfig, MilPool, fit_mil
 from lesionsignal.analysis.probe import ProbeConfig
 from lesionsignal.analysis.readouts import linear_readout
-from lesionsignal.analysis.rois import RoiDesign, RoiKind, RoiSettings, compare_rois, hits, roi_pool, top_tokens
+from lesionsignal.analysis.rois import (
+    RoiDesign,
+    RoiKind,
+    RoiRows,
+    RoiSettings,
+    compare_rois,
+    hits,
+    roi_pool,
+    top_tokens,
+)
 from lesionsignal.features.depth import attention_rollout, patch_map
 from lesionsignal.features.pools import local_means
 
@@ -120,19 +129,7 @@ def _roi_design(n: int, seed: int = 0) -> tuple[RoiDesign, int]:
     test = (np.arange(n) // 2) % 4 == 0
     train = ~test
     maps = {RoiKind.ATTENTION: attention, RoiKind.ROLLOUT: rollout}
-    design = RoiDesign(
-        tokens_train=tokens[train],
-        tokens_test=tokens[test],
-        cls_train=cls[train],
-        cls_test=cls[test],
-        maps_train={k: v[train] for k, v in maps.items()},
-        maps_test={k: v[test] for k, v in maps.items()},
-        box_train=box[train],
-        box_test=box[test],
-        y_train=y[train],
-        y_test=y[test],
-        groups_train=np.arange(n)[train],
-    )
+    design = RoiDesign.of_rows(RoiRows(tokens, cls, maps, box, y, np.arange(n)), train, test)
     return design, int(y[test].sum())
 
 

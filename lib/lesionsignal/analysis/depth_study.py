@@ -24,7 +24,7 @@ from lesionsignal.analysis.lesion_probes import fit_problem
 from lesionsignal.analysis.lesions import LesionImage, assign_strata, image_level_targets
 from lesionsignal.analysis.probe import ProbeConfig
 from lesionsignal.analysis.readouts import READOUT_COLUMNS, Readout, linear_readout, readout_row
-from lesionsignal.analysis.rois import ROI_COLUMNS, RoiDesign, RoiKind, RoiSettings, compare_rois, roi_pool
+from lesionsignal.analysis.rois import ROI_COLUMNS, RoiDesign, RoiKind, RoiRows, RoiSettings, compare_rois, roi_pool
 from lesionsignal.core.box import Box
 from lesionsignal.core.kinds import Pool
 from lesionsignal.features.depth_units import ATTENTION, ROLLOUT, TOKENS, DepthFeatures, layer_key
@@ -191,20 +191,7 @@ def lesion_class_cells(
     readouts = _readouts(designs, design(tokens), settings)
     strata = assign_strata(targets, "test")["stratum"].tolist()
     maps = _maps(features, ids)
-    roi_design = RoiDesign(
-        tokens_train=tokens[train],
-        tokens_test=tokens[test],
-        cls_train=cls[train],
-        cls_test=cls[test],
-        maps_train={k: v[train] for k, v in maps.items()},
-        maps_test={k: v[test] for k, v in maps.items()},
-        box_train=masks[train],
-        box_test=masks[test],
-        y_train=y[train],
-        y_test=y[test],
-        groups_train=groups[train],
-        strata_test=strata,
-    )
+    roi_design = RoiDesign.of_rows(RoiRows(tokens, cls, maps, masks, y, groups), train, test, strata)
     rois = compare_rois(roi_design, settings.probe, settings.rois)
     return CellResults(
         empty.layers,

@@ -98,6 +98,43 @@ class RoiDesign:
     groups_train: np.ndarray
     strata_test: Sequence[str] | None = None  # small / large / negative per test row, when sizes are compared
 
+    @classmethod
+    def of_rows(
+        cls,
+        rows: RoiRows,
+        train: np.ndarray,
+        test: np.ndarray,
+        strata_test: Sequence[str] | None = None,
+    ) -> RoiDesign:
+        """The design of ``rows`` split by the boolean row masks ``train`` and ``test``."""
+        return cls(
+            tokens_train=rows.tokens[train],
+            tokens_test=rows.tokens[test],
+            cls_train=rows.cls[train],
+            cls_test=rows.cls[test],
+            maps_train={k: v[train] for k, v in rows.maps.items()},
+            maps_test={k: v[test] for k, v in rows.maps.items()},
+            box_train=rows.box[train],
+            box_test=rows.box[test],
+            y_train=rows.y[train],
+            y_test=rows.y[test],
+            groups_train=rows.groups[train],
+            strata_test=strata_test,
+        )
+
+
+@dataclass(frozen=True)
+class RoiRows:
+    """Every row of a comparison before the split: token grids, CLS, maps per kind, oracle box cells, labels and
+    groups (shapes as in RoiDesign)."""
+
+    tokens: np.ndarray
+    cls: np.ndarray
+    maps: Mapping[RoiKind, np.ndarray]
+    box: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+
 
 @dataclass(frozen=True)
 class RoiSettings:
