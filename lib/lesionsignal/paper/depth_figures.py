@@ -31,10 +31,11 @@ def _chance(ax: Axes) -> None:
     ax.set_ylim(0.0, 1.02)
 
 
-def plot_layerwise(frame: pd.DataFrame, title: str) -> Figure:
-    """One panel per (model, cohort, condition): AUC of each pool after every block, with its 95 % CI."""
-    if frame.empty:
-        raise FigureError("no layer-wise probes to draw")
+def _model_panels(
+    frame: pd.DataFrame,
+) -> tuple[Figure, np.ndarray, list[tuple[Axes, tuple[str, str, str], pd.DataFrame]]]:
+    """A row of panels per model, one panel per (model, cohort, condition or class) of ``frame`` in order; the grid's
+    unused panels stay hidden. Returns the figure, its axes and each panel's axes, key and rows."""
     panels = list(frame.groupby(["model", "dataset", "perturbation"], sort=False))
     models = list(dict.fromkeys(frame["model"]))
     cols = max(sum(1 for (m, _, _), _ in panels if m == model) for model in models)
@@ -42,10 +43,22 @@ def plot_layerwise(frame: pd.DataFrame, title: str) -> Figure:
     for ax in axes.flat:
         ax.set_visible(False)
     filled = {model: 0 for model in models}
-    for (model, dataset, condition), own in panels:
+    placed = []
+    for key, own in panels:
+        model = key[0]
         ax = axes[models.index(model), filled[model]]
         filled[model] += 1
         ax.set_visible(True)
+        placed.append((ax, key, own))
+    return fig, axes, placed
+
+
+def plot_layerwise(frame: pd.DataFrame, title: str) -> Figure:
+    """One panel per (model, cohort, condition): AUC of each pool after every block, with its 95 % CI."""
+    if frame.empty:
+        raise FigureError("no layer-wise probes to draw")
+    fig, axes, placed = _model_panels(frame)
+    for ax, (model, dataset, condition), own in placed:
         for pool, curve in own.groupby("pool", sort=False):
             curve = curve.sort_values("layer")
             colour = POOL_COLOURS.get(pool, "#8c8c8c")
@@ -67,18 +80,9 @@ def plot_bars(frame: pd.DataFrame, category: str, order: Sequence[str], title: s
     hit rate, where the frame has one, is written above its bar."""
     if frame.empty:
         raise FigureError(f"no {category} rows to draw")
-    panels = list(frame.groupby(["model", "dataset", "perturbation"], sort=False))
-    models = list(dict.fromkeys(frame["model"]))
-    cols = max(sum(1 for (m, _, _), _ in panels if m == model) for model in models)
-    fig, axes = _grid(len(models), cols)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    filled = {model: 0 for model in models}
+    fig, _, placed = _model_panels(frame)
     names = [n for n in order if n in set(frame[category])]
-    for (model, dataset, condition), own in panels:
-        ax = axes[models.index(model), filled[model]]
-        filled[model] += 1
-        ax.set_visible(True)
+    for ax, (model, dataset, condition), own in placed:
         rows = own.set_index(category).reindex(names)
         x = np.arange(len(names))
         err = np.vstack([rows["auc"] - rows["ci_low"], rows["ci_high"] - rows["auc"]])
