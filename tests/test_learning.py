@@ -8,14 +8,17 @@ import pytest
 
 from lesionsignal.analysis.learning import (
     LearningCheckError,
+    RetrievalScore,
     disease_comparison,
     patient_resamples,
     retrieval_comparison,
     retrieval_hits,
+    retrieval_rows,
+    retrieval_scores,
 )
 from lesionsignal.analysis.stats import auc
 from lesionsignal.features.token_maps import token_pca
-from lesionsignal.paper.encoder_checks import learning_table
+from lesionsignal.paper.encoder_checks import learning_reading, learning_table
 
 
 def subjects_and_vectors(n_subjects: int = 30, films: int = 2, spread: float = 0.05, seed: int = 0):
@@ -51,6 +54,36 @@ def test_paired_retrieval_interval_and_an_identical_twin() -> None:
     assert row["value"] == 1.0 and row["difference_ci_low"] > 0.5
     same = retrieval_comparison(vectors, vectors, subjects, n_boot=200, seed=0).row()
     assert same["difference"] == 0.0 and same["difference_ci_low"] == same["difference_ci_high"] == 0.0
+
+
+def test_the_percentile_rank_counts_the_other_subjects_below_the_own_film() -> None:
+    # Query 0 (subject a): its own film (row 1) at similarity 0.6; rows 2, 3 (subject b) at 0.8 and 0.2, and row 4
+    # (subject c) tied at 0.6: one below, one tied, of three others -> (1 + 0.5) / 3.
+    angles = np.arccos([1.0, 0.6, 0.8, 0.2, 0.6])
+    signs = np.array([1, 1, -1, 1, -1])
+    vectors = np.stack([np.cos(angles), signs * np.sin(angles)], axis=1)
+    subjects = np.array(["a", "a", "b", "b", "c"])
+    queries, ranks = retrieval_scores(vectors, subjects, RetrievalScore.PERCENTILE)
+    assert queries.tolist() == [0, 1, 2, 3]
+    assert ranks[0] == pytest.approx(1.5 / 3)
+    _, hits = retrieval_scores(vectors, subjects, RetrievalScore.TOP1)
+    assert hits[0] == 0.0  # row 2 (subject b) is nearer than the own film
+
+
+def test_the_percentile_rank_sees_a_weak_subject_signal_that_top1_misses() -> None:
+    subjects, vectors = subjects_and_vectors(n_subjects=100, spread=3.0, seed=2)
+    noise = np.random.default_rng(3).normal(size=vectors.shape)
+    _, ranks = retrieval_scores(vectors, subjects, RetrievalScore.PERCENTILE)
+    _, hits = retrieval_scores(vectors, subjects, RetrievalScore.TOP1)
+    _, noise_ranks = retrieval_scores(noise, subjects, RetrievalScore.PERCENTILE)
+    assert hits.mean() < 0.2 and ranks.mean() > 0.6  # weak: rarely first, but usually above most others
+    assert abs(noise_ranks.mean() - 0.5) < 0.05  # chance is one half
+    rows = retrieval_rows("cls", "demo", "t", "r", vectors, noise, subjects, n_boot=200, seed=0)
+    assert [r["check"] for r in rows] == [
+        "same-subject retrieval: top-1 accuracy (cls)",
+        "same-subject retrieval: percentile rank of the other film (cls)",
+    ]
+    assert rows[1]["difference_ci_low"] > 0.05 and rows[1]["n"] == 200 and rows[1]["patients"] == 100
 
 
 def test_patient_resamples_keep_a_patients_rows_together() -> None:
@@ -119,3 +152,33 @@ def test_token_pca_colours_a_planted_region() -> None:
     region[:, 2:5, 2:5] = True
     # the sign rule makes the planted direction's large loading positive: the region is bright
     assert first[region].mean() > first[~region].mean() + 0.5
+
+
+def test_the_reading_follows_each_intervals_side_of_zero() -> None:
+    base = {c: 0.0 for c in ("ci_low", "ci_high", "twin_ci_low", "twin_ci_high")}
+    rows = [
+        {"check": "a", "value": 0.7, "twin_value": 0.6, "difference": 0.1, "difference_ci_low": 0.02},
+        {"check": "b", "value": 0.5, "twin_value": 0.6, "difference": -0.1, "difference_ci_low": -0.2},
+        {"check": "c", "value": 0.6, "twin_value": 0.58, "difference": 0.02, "difference_ci_low": -0.01},
+    ]
+    highs = {"a": 0.2, "b": -0.01, "c": 0.05}
+    cells = pd.DataFrame(
+        [
+            {
+                **base,
+                **r,
+                "difference_ci_high": highs[r["check"]],
+                "dataset": "demo",
+                "encoder": "t",
+                "twin": "r",
+                "n": 10,
+                "patients": 5,
+            }
+            for r in rows
+        ]
+    )
+    lines = learning_reading(cells).splitlines()
+    assert lines[0].startswith("demo / a: 0.700 against the twin's 0.600, difference +0.100 [+0.020, +0.200]")
+    assert lines[0].endswith("ahead (interval above 0)")
+    assert lines[1].endswith("behind (interval below 0)")
+    assert lines[2].endswith("not separated (interval includes 0)")

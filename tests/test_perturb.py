@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fresh_interpreter import fresh_digests
 
 from lesionsignal.core.box import Box
 from lesionsignal.stimuli import inject as ij
@@ -256,23 +257,7 @@ def test_basename_must_be_a_base_name(bad: str) -> None:
 @pytest.fixture(scope="module")
 def other_process_digests(canvas: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     """sha256 and box of every condition, computed by a fresh interpreter from the same canvas bytes."""
-    path = tmp_path_factory.mktemp("perturb") / "canvas.npy"
-    np.save(path, canvas)
-    script = (
-        "import hashlib, json, sys\n"
-        "import numpy as np\n"
-        "from lesionsignal.stimuli import inject as ij, panel as pn\n"
-        "canvas = np.load(sys.argv[1])\n"
-        "out = {}\n"
-        "for name in pn.condition_names():\n"
-        "    r = ij.apply(canvas, name, sys.argv[2])\n"
-        "    out[name] = [hashlib.sha256(r.image.tobytes()).hexdigest(), list(r.box.as_tuple())]\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(path), IMAGE], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    return json.loads(done.stdout)
+    return fresh_digests(canvas, tmp_path_factory.mktemp("perturb"), pn.condition_names(), [IMAGE])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -283,7 +268,7 @@ def test_deterministic_within_and_across_processes(
     second = ij.apply(canvas.copy(), pn.get_condition(name), IMAGE)
     assert first.box == second.box
     assert np.array_equal(first.image, second.image)
-    assert other_process_digests[name] == [sha(first.image), list(first.box.as_tuple())]
+    assert other_process_digests[f"{name}/{IMAGE}"] == [sha(first.image), list(first.box.as_tuple())]
 
 
 @pytest.mark.parametrize("name", NAMES)

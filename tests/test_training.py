@@ -15,8 +15,8 @@ from lesionsignal.features.geometry import Geometry
 from lesionsignal.features.registry import DEMO_ENCODERS, EncoderMismatch, resolve_spec
 from lesionsignal.features.sources import check_source
 from lesionsignal.training.dino import DinoLoss, cosine_schedule, koleo_loss, sinkhorn_knopp, teacher_temperatures
-from lesionsignal.training.loop import TrainResult, train
-from lesionsignal.training.mae import patchify, random_keep
+from lesionsignal.training.loop import CHECKPOINT, TrainResult, train
+from lesionsignal.training.mae import patchify, random_keep, thumbnails
 from lesionsignal.training.model_folder import CARD, PROCESSOR, WEIGHTS, TrainingData, write_model_folder
 from lesionsignal.training.multicrop import Normalisation, film_views, random_crop
 from lesionsignal.training.recipe import (
@@ -43,6 +43,7 @@ TINY_MAE = replace(
     masking=Masking(decoder_dim=16, decoder_depth=1, decoder_heads=2),
     optimisation=replace(TINY.optimisation, epochs=8, lr=3e-3, betas=(0.9, 0.95)),
 )
+TINY_MAE_GLOBAL = replace(TINY_MAE, masking=replace(TINY_MAE.masking, global_weight=1.0, global_side=4))
 DATA = TrainingData("tiny synthetic films", {"seed": 1}, 8, 8, 0, 0, "0" * 64)
 
 
@@ -138,7 +139,39 @@ def test_mae_masks_and_patches() -> None:
     assert torch.equal(patches[0, 1], images[0, :4, 4:].reshape(-1))  # row-major: the second patch is top right
 
 
-@pytest.mark.parametrize("recipe", [TINY, TINY_MAE], ids=["dino", "mae"])
+def test_thumbnails_are_standardised_area_means() -> None:
+    images = torch.zeros(2, 8, 8)
+    images[0, :4, :4] = 1.0  # bright top-left quarter
+    images[1] = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    small = thumbnails(images, 2)
+    assert small.shape == (2, 4)
+    assert torch.allclose(small.mean(dim=1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(small.std(dim=1), torch.ones(2), atol=1e-4)
+    assert small[0].argmax() == 0 and torch.allclose(small[0, 1:], small[0, 1].expand(3))
+    assert torch.all(small[1, 1:] > small[1, :-1])  # row-major: each cell's mean above the one before
+
+
+def test_the_global_head_trains_with_mae_and_is_left_out_of_the_kept_encoder(tmp_path: Path) -> None:
+    assert TINY_MAE_GLOBAL.digest() != TINY_MAE.digest()  # a changed objective never resumes another's checkpoint
+    side_only = replace(TINY_MAE, masking=replace(TINY_MAE.masking, global_side=8))
+    assert side_only.digest() == TINY_MAE.digest()  # without the head its side decides nothing
+    result = train(TINY_MAE_GLOBAL, tiny_films(), tmp_path, progress=False)
+    losses = [r.loss for r in result.history]
+    assert losses[-1] < losses[0] - 0.05, losses
+    state = torch.load(tmp_path / f"{TINY_MAE_GLOBAL.digest()}-{CHECKPOINT}", weights_only=False)
+    head = {k for k in state["method"]["model"] if k.startswith("global_head.")}
+    assert head == {"global_head.weight", "global_head.bias"}
+    assert state["method"]["model"]["global_head.weight"].shape == (4 * 4, 32)
+    assert type(result.teacher).__name__ == "Dinov2Model"
+    assert not any("global_head" in k for k in result.teacher.state_dict())
+
+
+def test_a_negative_global_weight_is_refused() -> None:
+    with pytest.raises(ValueError, match="global_weight"):
+        Masking(global_weight=-1.0)
+
+
+@pytest.mark.parametrize("recipe", [TINY, TINY_MAE, TINY_MAE_GLOBAL], ids=["dino", "mae", "mae-global"])
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, recipe: Recipe) -> None:
     recipe = replace(recipe, optimisation=replace(recipe.optimisation, epochs=2))
     films = tiny_films()

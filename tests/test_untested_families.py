@@ -7,15 +7,13 @@ runs and processes, and is in a run only when its family is switched on in the p
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from fresh_interpreter import fresh_digests
 
 from lesionsignal.config.params import load_params
 from lesionsignal.core.validate import ParamsError
@@ -102,36 +100,20 @@ def test_each_family_changes_pixels_only_inside_its_patch(
 
 
 @pytest.fixture(scope="module")
-def other_process_digests(canvas: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def other_process_digests(canvas: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     """The digest of every new condition's canvas on every basename, computed by a fresh interpreter."""
-    path = tmp_path_factory.mktemp("untested") / "canvas.npy"
-    np.save(path, canvas)
-    script = (
-        "import hashlib, json, sys\n"
-        "import numpy as np\n"
-        "from lesionsignal.stimuli import inject as ij, panel as pn\n"
-        "canvas = np.load(sys.argv[1])\n"
-        "out = {}\n"
-        "for name in pn.untested_condition_names():\n"
-        "    for base in sys.argv[2:]:\n"
-        "        out[name + '/' + base] = hashlib.sha256(ij.apply(canvas, name, base).image.tobytes()).hexdigest()\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(path), *BASENAMES], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    return json.loads(done.stdout)
+    return fresh_digests(canvas, tmp_path_factory.mktemp("untested"), pn.untested_condition_names(), BASENAMES)
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_each_family_is_byte_identical_across_runs_and_processes(
-    canvas: np.ndarray, name: str, other_process_digests: dict[str, str]
+    canvas: np.ndarray, name: str, other_process_digests: dict[str, list]
 ) -> None:
     for basename in BASENAMES:
         first = ij.apply(canvas, name, basename).image
         second = ij.apply(canvas.copy(), pn.get_condition(name), basename).image
         assert np.array_equal(first, second)
-        assert other_process_digests[f"{name}/{basename}"] == sha(first)
+        assert other_process_digests[f"{name}/{basename}"][0] == sha(first)
     # another image name draws another placement (and, for the random families, other values)
     assert sha(ij.apply(canvas, name, BASENAMES[0]).image) != sha(ij.apply(canvas, name, BASENAMES[1]).image)
 

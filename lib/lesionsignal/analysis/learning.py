@@ -4,7 +4,10 @@ the study's stimuli.
 - Disease probes: the mean, over the findings, of the test AUC of the disease probes on clean CLS vectors (the
   probes of T2, scored on the same test images for both encoders).
 - Same-subject retrieval: for every image whose subject has another image in the cohort, whether its nearest other
-  image (cosine of clean CLS vectors) is of the same subject; top-1 accuracy over those queries.
+  image (cosine of clean CLS vectors) is of the same subject; top-1 accuracy over those queries. And, because top-1
+  among a few hundred films is a coarse score where subjects differ little, the percentile rank of the subject's
+  own other film: the share of other subjects' images less similar to the query than its most similar
+  same-subject image (ties count half), averaged over the queries; 0.5 is chance, 1 every query's own film first.
 
 Intervals are percentile intervals from resampling patients (a subject's films stay together), the same resamples
 for both encoders, so the difference has a paired interval.
@@ -12,6 +15,7 @@ for both encoders, so the difference has a paired interval.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lesionsignal.analysis.stats import auc
-from lesionsignal.features.retrieval import nearest_other
+from lesionsignal.features.retrieval import cosine_similarity
 
 LEARNING_COLUMNS = (
     "check",
@@ -40,7 +44,17 @@ LEARNING_COLUMNS = (
 )
 DISEASE_CHECK = "disease probes: mean test AUC over the findings"
 FINDING_CHECK = "disease probe: test AUC, {task}"
-RETRIEVAL_CHECK = "same-subject retrieval: top-1 accuracy"
+RETRIEVAL_CHECK = "same-subject retrieval: {score} ({pool})"
+
+
+class RetrievalScore(enum.Enum):
+    """What a retrieval query scores: a hit of its nearest other image, or the percentile rank of its own subject."""
+
+    TOP1 = "top-1 accuracy"
+    PERCENTILE = "percentile rank of the other film"
+
+    def check(self, pool: str) -> str:
+        return RETRIEVAL_CHECK.format(score=self.value, pool=pool)
 
 
 class LearningCheckError(ValueError):
@@ -141,6 +155,14 @@ def disease_comparison(
 def retrieval_hits(vectors: np.ndarray, subjects: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(query rows, hit per query): queries are rows whose subject has another row; a hit is a nearest other row
     (cosine) of the same subject."""
+    queries, hits = retrieval_scores(vectors, subjects, RetrievalScore.TOP1)
+    return queries, hits.astype(bool)
+
+
+def retrieval_scores(
+    vectors: np.ndarray, subjects: Sequence[str], score: RetrievalScore
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, score per query) for rows whose subject has another row (module docstring)."""
     labels = np.asarray(subjects)
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != labels.size:
@@ -149,18 +171,33 @@ def retrieval_hits(vectors: np.ndarray, subjects: Sequence[str]) -> tuple[np.nda
     queries = np.flatnonzero(counts[inverse] > 1)
     if queries.size == 0:
         raise LearningCheckError("no subject has two images: nothing to retrieve")
-    nearest = nearest_other(x)[queries]
-    return queries, labels[nearest] == labels[queries]
+    similarity = cosine_similarity(x)[queries]
+    same = labels[None, :] == labels[queries, None]
+    if score is RetrievalScore.TOP1:
+        return queries, same[np.arange(queries.size), similarity.argmax(axis=1)].astype(np.float64)
+    own = np.where(same, similarity, -np.inf).max(axis=1, keepdims=True)  # the diagonal is -inf already
+    others = ~same
+    below = ((similarity < own) & others).sum(axis=1) + 0.5 * ((similarity == own) & others).sum(axis=1)
+    n_others = others.sum(axis=1)
+    if (n_others == 0).any():
+        raise LearningCheckError("every image is of one subject: no other subject to rank against")
+    return queries, below / n_others
 
 
 def retrieval_comparison(
-    vectors: np.ndarray, twin_vectors: np.ndarray, subjects: Sequence[str], n_boot: int, seed: int
+    vectors: np.ndarray,
+    twin_vectors: np.ndarray,
+    subjects: Sequence[str],
+    n_boot: int,
+    seed: int,
+    score: RetrievalScore = RetrievalScore.TOP1,
 ) -> Paired:
-    return _retrieval_comparison(vectors, twin_vectors, np.asarray(subjects), n_boot, seed)[0]
+    return _retrieval_comparison(vectors, twin_vectors, np.asarray(subjects), n_boot, seed, score)[0]
 
 
 def retrieval_row(
-    check: str,
+    score: RetrievalScore,
+    pool: str,
     dataset: str,
     encoder: str,
     twin: str,
@@ -172,23 +209,47 @@ def retrieval_row(
 ) -> dict:
     """A learning-check row of same-subject retrieval: n queries, and the patients they come from."""
     labels = np.asarray(subjects)
-    paired, queries = _retrieval_comparison(vectors, twin_vectors, labels, n_boot, seed)
+    paired, queries = _retrieval_comparison(vectors, twin_vectors, labels, n_boot, seed, score)
+    check = score.check(pool)
     return learning_row(check, dataset, encoder, twin, paired, queries.size, np.unique(labels[queries]).size)
 
 
+def retrieval_rows(
+    pool: str,
+    dataset: str,
+    encoder: str,
+    twin: str,
+    vectors: np.ndarray,
+    twin_vectors: np.ndarray,
+    subjects: Sequence[str],
+    n_boot: int,
+    seed: int,
+) -> list[dict]:
+    """The top-1 row, then the percentile-rank row, of one pool."""
+    return [
+        retrieval_row(score, pool, dataset, encoder, twin, vectors, twin_vectors, subjects, n_boot, seed)
+        for score in RetrievalScore
+    ]
+
+
 def _retrieval_comparison(
-    vectors: np.ndarray, twin_vectors: np.ndarray, labels: np.ndarray, n_boot: int, seed: int
+    vectors: np.ndarray,
+    twin_vectors: np.ndarray,
+    labels: np.ndarray,
+    n_boot: int,
+    seed: int,
+    score: RetrievalScore,
 ) -> tuple[Paired, np.ndarray]:
-    queries, hits = retrieval_hits(vectors, labels)
-    twin_queries, twin_hits = retrieval_hits(twin_vectors, labels)
+    queries, values = retrieval_scores(vectors, labels, score)
+    twin_queries, twin_values = retrieval_scores(twin_vectors, labels, score)
     if not np.array_equal(queries, twin_queries):
         raise LearningCheckError("the two encoders' vectors cover different images")
     resamples = patient_resamples(labels[queries], n_boot, seed)
     paired = Paired(
-        value=float(hits.mean()),
-        twin_value=float(twin_hits.mean()),
-        draws=np.array([hits[r].mean() for r in resamples]),
-        twin_draws=np.array([twin_hits[r].mean() for r in resamples]),
+        value=float(values.mean()),
+        twin_value=float(twin_values.mean()),
+        draws=np.array([values[r].mean() for r in resamples]),
+        twin_draws=np.array([twin_values[r].mean() for r in resamples]),
     )
     return paired, queries
 

@@ -41,6 +41,25 @@ def learning_table(cells: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def learning_reading(cells: pd.DataFrame) -> str:
+    """One line per check: trained against twin, the paired difference and what its interval says. The notebook
+    prints it under the table, so the reading follows the numbers of whatever weights are committed."""
+    lines = []
+    for row in cells.itertuples(index=False):
+        low, high = row.difference_ci_low, row.difference_ci_high
+        if low > 0:
+            verdict = "the trained encoder is ahead (interval above 0)"
+        elif high < 0:
+            verdict = "the trained encoder is behind (interval below 0)"
+        else:
+            verdict = "not separated (interval includes 0)"
+        lines.append(
+            f"{row.dataset} / {row.check}: {row.value:.3f} against the twin's {row.twin_value:.3f}, difference "
+            f"{row.difference:+.3f} [{low:+.3f}, {high:+.3f}]: {verdict}"
+        )
+    return "\n".join(lines)
+
+
 TRAINING_LOG = "training_log.json"  # written into the model folder by make demo-encoder (training.model_folder)
 
 

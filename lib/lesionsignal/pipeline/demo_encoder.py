@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 
 from lesionsignal.analysis.disease import run_disease
-from lesionsignal.analysis.learning import LEARNING_COLUMNS, RETRIEVAL_CHECK, disease_rows, retrieval_row
+from lesionsignal.analysis.learning import LEARNING_COLUMNS, disease_rows, retrieval_rows
 from lesionsignal.config.params import load_params, project_root, resolve, shown_path
 from lesionsignal.config.training import DemoEncoderParams, load_training_params
 from lesionsignal.core.errors import UserError, user_errors_exit
+from lesionsignal.core.kinds import Pool
 from lesionsignal.core.progress import progress_bar
 from lesionsignal.data.demo_cohort import read_demo
 from lesionsignal.data.manifest import Manifest, Record
@@ -191,20 +192,16 @@ def evaluate(
     scores = disease.scores[~disease.scores["task"].isin(disease.skipped["task"])]  # probed for both encoders
     rows = disease_rows(scores, trained_id, twin_id, EVALUATION_DATASET, settings.n_boot, settings.seed)
     held = slice(len(train_records), None)
-    check = f"{RETRIEVAL_CHECK} (cls)"
-    twin_vectors = vectors[twin_id][held]
-    rows.append(
-        retrieval_row(
-            check,
-            EVALUATION_DATASET,
-            trained_id,
-            twin_id,
-            vectors[trained_id][held],
-            twin_vectors,
-            held_out.subjects,
-            settings.n_boot,
-            settings.seed,
-        )
+    rows += retrieval_rows(
+        str(Pool.CLS),
+        EVALUATION_DATASET,
+        trained_id,
+        twin_id,
+        vectors[trained_id][held],
+        vectors[twin_id][held],
+        held_out.subjects,
+        settings.n_boot,
+        settings.seed,
     )
     table = pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
     labels = {trained_id: spec.label, twin_id: twin.spec.label}

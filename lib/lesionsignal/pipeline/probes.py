@@ -19,9 +19,8 @@ from lesionsignal.analysis.disease import run_disease
 from lesionsignal.analysis.finetune import FinetuneConfig, default_cells, finetune_store, run_finetune, study_config
 from lesionsignal.analysis.learning import (
     LEARNING_COLUMNS,
-    RETRIEVAL_CHECK,
     disease_rows,
-    retrieval_row,
+    retrieval_rows,
 )
 from lesionsignal.analysis.operating_points import OperatingSettings
 from lesionsignal.analysis.probe import ProbeConfig, Solver
@@ -177,8 +176,7 @@ def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> p
                 if not np.array_equal(ids, twin_ids):
                     raise ValueError(f"{dataset}: {trained} and {twin} have clean vectors of different images")
                 subjects = [patient[i] for i in ids]
-                check = f"{RETRIEVAL_CHECK} ({pool})"
-                rows.append(retrieval_row(check, dataset, trained, twin, x, twin_x, subjects, n_boot, seed))
+                rows += retrieval_rows(pool, dataset, trained, twin, x, twin_x, subjects, n_boot, seed)
     return pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
 
 

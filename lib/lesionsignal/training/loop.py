@@ -34,7 +34,7 @@ from lesionsignal.training.dino import (
     teacher_temperatures,
     update_teacher,
 )
-from lesionsignal.training.mae import MaeDecoder, encode_visible, mae_loss, random_keep
+from lesionsignal.training.mae import MaeDecoder, encode_visible, global_loss, mae_loss, random_keep
 from lesionsignal.training.multicrop import Normalisation, film_statistics, film_views, masked_view
 from lesionsignal.training.recipe import Method, Recipe
 
@@ -177,6 +177,8 @@ class MaeTraining:
                 "decoder": MaeDecoder(arch.hidden_size, arch.grid**2, arch.patch_size**2, recipe.masking),
             }
         )
+        if recipe.masking.global_weight > 0:
+            self.model["global_head"] = nn.Linear(arch.hidden_size, recipe.masking.global_side**2)
 
     @property
     def trained(self) -> nn.Module:
@@ -195,7 +197,12 @@ class MaeTraining:
         keep = random_keep(len(films), arch.grid**2, masking.mask_ratio, generator)
         hidden = encode_visible(self.model["encoder"], pixels, keep)
         prediction = self.model["decoder"](hidden, keep, arch.grid**2)
-        return StepResult(mae_loss(prediction, gray, keep, arch.patch_size))
+        loss = mae_loss(prediction, gray, keep, arch.patch_size)
+        if masking.global_weight > 0:
+            loss = loss + masking.global_weight * global_loss(
+                self.model["global_head"], hidden[:, 0], gray, masking.global_side
+            )
+        return StepResult(loss)
 
     def before_update(self, epoch: int) -> None:
         pass

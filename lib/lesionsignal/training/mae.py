@@ -4,6 +4,9 @@ The Dinov2Model's own embeddings (patch projection, CLS token, position embeddin
 and a random quarter of the patches; a small decoder puts learned mask tokens back in the other places and predicts
 every patch's pixels; the loss is the mean squared error on the masked patches, each target patch normalised by
 its own mean and variance (MAE's normalised-pixel target). Only the encoder is kept.
+
+Optionally (``Masking.global_weight``) a linear head also reconstructs a small standardised thumbnail of the whole
+view from the CLS token alone, so that the global token has to carry the film's layout.
 """
 
 from __future__ import annotations
@@ -81,3 +84,16 @@ def mae_loss(prediction: torch.Tensor, images: torch.Tensor, keep: torch.Tensor,
     masked.scatter_(1, keep, False)
     per_patch = F.mse_loss(prediction, target, reduction="none").mean(dim=-1)
     return per_patch[masked].mean()
+
+
+def thumbnails(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, S, S) views -> (B, side * side) area-averaged thumbnails, each standardised to mean 0 and variance 1."""
+    small = F.adaptive_avg_pool2d(images.unsqueeze(1), side).flatten(1)
+    mean = small.mean(dim=-1, keepdim=True)
+    std = small.std(dim=-1, keepdim=True)
+    return (small - mean) / (std + 1e-6)
+
+
+def global_loss(head: nn.Module, cls: torch.Tensor, images: torch.Tensor, side: int) -> torch.Tensor:
+    """Mean squared error of the thumbnail predicted from the CLS token alone."""
+    return F.mse_loss(head(cls), thumbnails(images, side))

@@ -22,7 +22,7 @@ import torch
 
 from lesionsignal.core.files import atomic_folder, atomic_write_text, sha256_file
 from lesionsignal.training.loop import EpochRecord, TrainResult
-from lesionsignal.training.recipe import Method, Recipe
+from lesionsignal.training.recipe import Masking, Method, Recipe
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -228,7 +228,9 @@ def _evaluation_text(evaluation: Evaluated | None) -> str:
         return "Not evaluated."
     return (
         "Linear disease probes on CLS vectors, fitted on the training films (cross-validation folds grouped by "
-        "subject) and tested on the held-out subjects' films, and same-subject retrieval among those films; the "
+        "subject) and tested on the held-out subjects' films, and same-subject retrieval among those films: top-1 "
+        "(is a film's nearest other film, by cosine of CLS, its subject's other film) and the percentile rank of "
+        "the subject's other film (the share of other subjects' films less similar to the query; chance 0.5). The "
         "random-init twin has the same architecture and input; intervals resample subjects, the same resamples for "
         f"both encoders.\n\n{evaluation.markdown}"
     )
@@ -250,7 +252,8 @@ def _method_text(recipe: Recipe) -> str:
             f"{m.crop_scale[0]:.0%} to {m.crop_scale[1]:.0%} of its area at {arch.image_size} px, brightness and "
             f"contrast jitter); the encoder sees the CLS token and a random {1 - m.mask_ratio:.0%} of the "
             f"{arch.grid * arch.grid} patches, a {m.decoder_depth}-block decoder of width {m.decoder_dim} reconstructs "
-            "the masked patches' pixels, each normalised by its own mean and variance; only the encoder is kept. "
+            "the masked patches' pixels, each normalised by its own mean and variance"
+            f"{_global_text(m)}; only the encoder is kept. "
             "DINO self-distillation was tried first with the same architecture and films and collapsed to the "
             "uniform distribution within three epochs on two CPU cores (the project's docs/PROTOCOL.md, section 11, "
             "has the numbers)."
@@ -259,6 +262,17 @@ def _method_text(recipe: Recipe) -> str:
         f"DINO (Caron et al. 2021): student and momentum teacher, 2 global views at {arch.image_size} px and "
         f"{recipe.views.n_local} local views at {recipe.views.local_size} px, brightness and contrast jitter, "
         "Gaussian blur and solarisation, centring and sharpening of the teacher."
+    )
+
+
+def _global_text(masking: Masking) -> str:
+    if masking.global_weight <= 0:
+        return ""
+    side = masking.global_side
+    return (
+        f"; a linear head reconstructs a {side} x {side} thumbnail of the whole view (standardised per view) from the "
+        f"CLS token alone, its squared error added with weight {masking.global_weight:g}, because MAE's decoder can "
+        "otherwise ignore the CLS token and nothing would make the global token summarise the film"
     )
 
 

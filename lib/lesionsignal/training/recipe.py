@@ -108,10 +108,19 @@ class Masking:
     decoder_depth: int = 2
     decoder_heads: int = 3
     crop_scale: tuple[float, float] = (0.4, 1.0)  # the one view: a random resized crop, then Views' jitter
+    # MAE's decoder can ignore the CLS token (the visible patches suffice), so nothing makes it summarise the film.
+    # A linear head from the CLS token to a global_side x global_side thumbnail of the whole view (each thumbnail
+    # standardised, so it is the view's layout and not its exposure) adds global_weight x that error to the loss.
+    global_weight: float = 0.0
+    global_side: int = 16
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.global_weight < 0:
+            raise ValueError(f"global_weight must not be negative, got {self.global_weight}")
+        if self.global_side < 2:
+            raise ValueError(f"global_side must be at least 2, got {self.global_side}")
         if self.decoder_dim % self.decoder_heads:
             raise ValueError(f"decoder_dim {self.decoder_dim} must be a multiple of {self.decoder_heads} heads")
 
@@ -168,6 +177,9 @@ class Recipe:
             out.pop("objective")
             out["optimisation"].pop("freeze_last_layer_epochs")
             out["views"] = {k: out["views"][k] for k in _MAE_VIEW_FIELDS}  # MAE's one view jitters as DINO's do
+            if self.masking.global_weight == 0:  # no global head: its side decides nothing (and old digests hold)
+                out["masking"].pop("global_weight")
+                out["masking"].pop("global_side")
         else:
             out.pop("masking")
         return out
