@@ -40,6 +40,19 @@ def test_the_study_params_on_a_machine_without_the_data_list_every_missing_path(
     assert set(planned.values()) == {sum(c.n_images or 0 for c in panel) * 30}  # 29 conditions and the clean pass
 
 
+def test_a_detection_cap_limits_the_panel_passes_and_never_the_lesion_films(case_folder: Path) -> None:
+    # The panel reads a cohort's detection set (n_images of it); the lesion analysis reads every film.
+    cohort = {"name": "demo", "kind": "demo", "uses": ["panel", "disease", "lesions"], "n_images": 16}
+    params_file = run_params(case_folder, cohorts=[cohort])
+    params = load_params(params_file)
+    report = check(params_file, ROOT, measure=False)
+    assert report.fatal == []
+    films = params.demo_cohort.n_images  # 24, of which 16 in the detection set
+    lesion_passes = 2 if params.lesions.second_pass else 1
+    for plan in report.encoders:
+        assert plan.forward_passes == 16 * (1 + len(params.panel.chosen())) + films * lesion_passes
+
+
 def test_the_command_exits_non_zero_and_writes_its_report(case_folder: Path, capsys: pytest.CaptureFixture) -> None:
     params_file = run_params(case_folder, cohorts=[{"name": "x", "kind": "nih", "csv": "no.csv", "image_dirs": ["no"]}])
     assert main(["--params", str(params_file)]) == 1

@@ -171,9 +171,22 @@ def _checked(params_file: str | Path, root: Path, measure: bool) -> tuple[Report
     return report, params
 
 
-def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, int]:
-    """Counts of every readable cohort; the number of images each contributes to the detection set."""
-    sizes: dict[str, int] = {}
+@dataclass(frozen=True)
+class CohortSize:
+    """A cohort's images: all of them (the lesion analysis reads every one) and its detection set (the panel's and
+    the disease probes', ``n_images`` drawn from them)."""
+
+    all: int
+    detection: int
+
+    @classmethod
+    def of(cls, available: int, cohort: CohortParams) -> CohortSize:
+        return cls(available, available if cohort.n_images is None else min(cohort.n_images, available))
+
+
+def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, CohortSize]:
+    """Counts of every readable cohort, and its size (all images, detection set)."""
+    sizes: dict[str, CohortSize] = {}
     for cohort in run.params.cohorts:
         where = f"cohort {cohort.name}"
         if cohort.name not in readable:
@@ -183,7 +196,7 @@ def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, in
                 ct_paths(run.catalog.data_cache)  # what the rendering needs
                 n = run.params.demo_cohort.n_images
                 report.add(Severity.NOTE, where, f"not rendered yet: `make paper` renders {n} films first")
-                sizes[cohort.name] = n
+                sizes[cohort.name] = CohortSize.of(n, cohort)
                 continue
             manifest, exclusions = cohort_stage.checked_cohort(run, cohort)
         except ManifestError as err:
@@ -204,8 +217,7 @@ def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, in
             report.add(Severity.NOTE, where, f"{len(shared)} patient(s) have images in more than one split")
         report.counts += [{"cohort": cohort.name, **row} for row in describe(manifest).to_dict("records")]
         report.boxes += _box_counts(cohort.name, manifest)
-        available = len(manifest.records)
-        sizes[cohort.name] = available if cohort.n_images is None else min(cohort.n_images, available)
+        sizes[cohort.name] = CohortSize.of(len(manifest.records), cohort)
     return sizes
 
 
@@ -245,7 +257,7 @@ def _extraction_device(params: Params, report: Report) -> tuple[str | None, bool
     return kind, here
 
 
-def _check_encoders(run: Run, sizes: dict[str, int], report: Report, measure: bool) -> None:
+def _check_encoders(run: Run, sizes: dict[str, CohortSize], report: Report, measure: bool) -> None:
     params = run.params
     device, here = _extraction_device(params, report)
     passes = _forward_passes(params, sizes)
@@ -347,24 +359,28 @@ def _check_source(entry: EncoderParams, spec: EncoderSpec, where: str, report: R
         report.add(Severity.FATAL, f"{where}.dtype", refused)
 
 
-def _forward_passes(params: Params, sizes: dict[str, int]) -> int:
-    """Per encoder: each panel image once clean and once per condition, each lesion image once, and once more when
-    the box jitter or the split comparison may need boxes the first pass did not pool at (an upper bound). A cohort
-    that could not be read counts with its planned ``n_images`` (0 when it has none)."""
+def _forward_passes(params: Params, sizes: dict[str, CohortSize]) -> int:
+    """Per encoder: each panel image (the detection set) once clean and once per condition, each lesion image (all
+    of the cohort) once, and once more when the box jitter or the split comparison may need boxes the first pass did
+    not pool at (an upper bound). A cohort that could not be read counts with its planned ``n_images`` (0 when it
+    has none)."""
     n_conditions = len(conditions(params))
-
-    def size(cohort: CohortParams) -> int:
-        return sizes.get(cohort.name, cohort.n_images or 0)
-
-    panel = sum(size(c) for c in params.cohorts_for(Analysis.PANEL)) * (1 + n_conditions)
-    lesions = sum(size(c) for c in params.cohorts_for(Analysis.LESIONS))
+    panel = sum(_size(c, sizes).detection for c in params.cohorts_for(Analysis.PANEL)) * (1 + n_conditions)
+    lesions = sum(_size(c, sizes).all for c in params.cohorts_for(Analysis.LESIONS))
     return panel + lesions * (2 if params.lesions.second_pass else 1)
 
 
-def _extracted_images(params: Params, sizes: dict[str, int]) -> int:
-    """Images the extraction decodes: every panel and lesion cohort's (the canvas store keeps each once)."""
+def _extracted_images(params: Params, sizes: dict[str, CohortSize]) -> int:
+    """Images the extraction decodes (the canvas store keeps each once): a lesion cohort's every image, a panel
+    cohort's detection set."""
+    lesion = {c.name for c in params.cohorts_for(Analysis.LESIONS)}
     cohorts = {c.name: c for c in (*params.cohorts_for(Analysis.PANEL), *params.cohorts_for(Analysis.LESIONS))}
-    return sum(sizes.get(name, cohort.n_images or 0) for name, cohort in cohorts.items())
+    return sum(_size(c, sizes).all if name in lesion else _size(c, sizes).detection for name, c in cohorts.items())
+
+
+def _size(cohort: CohortParams, sizes: dict[str, CohortSize]) -> CohortSize:
+    planned = cohort.n_images or 0
+    return sizes.get(cohort.name, CohortSize(planned, planned))
 
 
 def _check_disk(run: Run, passes: int, images: int, report: Report) -> None:
