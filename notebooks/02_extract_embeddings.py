@@ -99,7 +99,9 @@ else:
 # %% [markdown]
 # On the demo run with the committed weights, the random-init twin's first three components explain 92 % of its
 # token variance and follow brightness: bright bone and soft tissue in one colour, dark air and the canvas border in
-# another. The trained encoder's explain 72 %: its tokens vary along more directions, and the colours separate the
-# lung fields from the mediastinum and spine, the diaphragm and abdomen, and the film's edge, region by region rather
-# than by brightness alone. That is what masked-image modelling teaches: a token has to describe its patch well enough
-# for the decoder to fill in its neighbours.
+# another. The trained encoder's explain 58 %: its tokens vary along more directions. Part of that is where a patch
+# lies (the film's left and right edges and its top and bottom rows each take a colour of their own, which its
+# position embeddings give), and part is the anatomy: the lung fields, the mediastinum and spine, and the diaphragm
+# and abdomen take different colours, region by region rather than by brightness alone. That is what masked-image
+# modelling teaches: a token has to say what and where its patch is well enough for the decoder to fill in its
+# neighbours.

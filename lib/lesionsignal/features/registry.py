@@ -325,7 +325,7 @@ _DEMO_TRAINED = _geometry(
     "bilinear",  # preprocessor_config.json "resample": 2
 )
 # SHA-256 of models/demo-dino-vit/model.safetensors, as its model card and `make demo-encoder` print it.
-DEMO_TRAINED_SHA256 = "ad565cd89010574ff98201667299c988ae65bb0ed575642c4f89503a8588a344"
+DEMO_TRAINED_SHA256 = "8e34fef34f2dfd217b6f52ec3856fb0cfacbb6530622595f4a73b9199d884b7a"
 
 
 def random_init_twin(trained: EncoderSpec, *, label: str, config: tuple[tuple[str, Any], ...]) -> EncoderSpec:
