@@ -12,7 +12,6 @@ from lesionsignal.analysis.learning import (
     disease_comparison,
     patient_resamples,
     retrieval_comparison,
-    retrieval_hits,
     retrieval_rows,
     retrieval_scores,
 )
@@ -31,19 +30,19 @@ def subjects_and_vectors(n_subjects: int = 30, films: int = 2, spread: float = 0
 
 def test_retrieval_finds_the_other_film_of_a_planted_subject() -> None:
     subjects, vectors = subjects_and_vectors()
-    queries, hits = retrieval_hits(vectors, subjects)
+    queries, hits = retrieval_scores(vectors, subjects, RetrievalScore.TOP1)
     assert queries.size == subjects.size and hits.all()
     noise = np.random.default_rng(1).normal(size=vectors.shape)
-    _, random_hits = retrieval_hits(noise, subjects)
+    _, random_hits = retrieval_scores(noise, subjects, RetrievalScore.TOP1)
     assert random_hits.mean() < 0.2
 
 
 def test_a_subject_with_one_image_is_not_a_query() -> None:
     subjects = np.array(["a", "a", "b"])
-    queries, _ = retrieval_hits(np.eye(3), subjects)
+    queries, _ = retrieval_scores(np.eye(3), subjects, RetrievalScore.TOP1)
     assert queries.tolist() == [0, 1]
     with pytest.raises(LearningCheckError, match="no subject has two images"):
-        retrieval_hits(np.eye(2), np.array(["a", "b"]))
+        retrieval_scores(np.eye(2), np.array(["a", "b"]), RetrievalScore.TOP1)
 
 
 def test_paired_retrieval_interval_and_an_identical_twin() -> None:

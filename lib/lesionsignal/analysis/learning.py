@@ -152,36 +152,46 @@ def disease_comparison(
     )
 
 
-def retrieval_hits(vectors: np.ndarray, subjects: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(query rows, hit per query): queries are rows whose subject has another row; a hit is a nearest other row
-    (cosine) of the same subject."""
-    queries, hits = retrieval_scores(vectors, subjects, RetrievalScore.TOP1)
-    return queries, hits.astype(bool)
+@dataclass(frozen=True)
+class Neighbours:
+    """Retrieval queries (rows whose subject has another row), their cosine similarity to every row (a row's own is
+    -inf) and which rows are of the query's subject; both scores are read off these."""
+
+    queries: np.ndarray  # (q,)
+    similarity: np.ndarray  # (q, n)
+    same: np.ndarray  # (q, n) bool
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, subjects: Sequence[str]) -> Neighbours:
+        labels = np.asarray(subjects)
+        x = np.asarray(vectors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != labels.size:
+            raise LearningCheckError(f"{labels.size} subjects for vectors of shape {x.shape}")
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        queries = np.flatnonzero(counts[inverse] > 1)
+        if queries.size == 0:
+            raise LearningCheckError("no subject has two images: nothing to retrieve")
+        return cls(queries, cosine_similarity(x)[queries], labels[None, :] == labels[queries, None])
+
+    def scores(self, score: RetrievalScore) -> np.ndarray:
+        """The score of every query (module docstring)."""
+        if score is RetrievalScore.TOP1:
+            return self.same[np.arange(self.queries.size), self.similarity.argmax(axis=1)].astype(np.float64)
+        own = np.where(self.same, self.similarity, -np.inf).max(axis=1, keepdims=True)  # the diagonal is -inf
+        others = ~self.same
+        n_others = others.sum(axis=1)
+        if (n_others == 0).any():
+            raise LearningCheckError("every image is of one subject: no other subject to rank against")
+        below = ((self.similarity < own) & others).sum(axis=1) + 0.5 * ((self.similarity == own) & others).sum(axis=1)
+        return below / n_others
 
 
 def retrieval_scores(
     vectors: np.ndarray, subjects: Sequence[str], score: RetrievalScore
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(query rows, score per query) for rows whose subject has another row (module docstring)."""
-    labels = np.asarray(subjects)
-    x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] != labels.size:
-        raise LearningCheckError(f"{labels.size} subjects for vectors of shape {x.shape}")
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    queries = np.flatnonzero(counts[inverse] > 1)
-    if queries.size == 0:
-        raise LearningCheckError("no subject has two images: nothing to retrieve")
-    similarity = cosine_similarity(x)[queries]
-    same = labels[None, :] == labels[queries, None]
-    if score is RetrievalScore.TOP1:
-        return queries, same[np.arange(queries.size), similarity.argmax(axis=1)].astype(np.float64)
-    own = np.where(same, similarity, -np.inf).max(axis=1, keepdims=True)  # the diagonal is -inf already
-    others = ~same
-    below = ((similarity < own) & others).sum(axis=1) + 0.5 * ((similarity == own) & others).sum(axis=1)
-    n_others = others.sum(axis=1)
-    if (n_others == 0).any():
-        raise LearningCheckError("every image is of one subject: no other subject to rank against")
-    return queries, below / n_others
+    """(query rows, score per query) for rows whose subject has another row."""
+    neighbours = Neighbours.of(vectors, subjects)
+    return neighbours.queries, neighbours.scores(score)
 
 
 def retrieval_comparison(
@@ -192,26 +202,7 @@ def retrieval_comparison(
     seed: int,
     score: RetrievalScore = RetrievalScore.TOP1,
 ) -> Paired:
-    return _retrieval_comparison(vectors, twin_vectors, np.asarray(subjects), n_boot, seed, score)[0]
-
-
-def retrieval_row(
-    score: RetrievalScore,
-    pool: str,
-    dataset: str,
-    encoder: str,
-    twin: str,
-    vectors: np.ndarray,
-    twin_vectors: np.ndarray,
-    subjects: Sequence[str],
-    n_boot: int,
-    seed: int,
-) -> dict:
-    """A learning-check row of same-subject retrieval: n queries, and the patients they come from."""
-    labels = np.asarray(subjects)
-    paired, queries = _retrieval_comparison(vectors, twin_vectors, labels, n_boot, seed, score)
-    check = score.check(pool)
-    return learning_row(check, dataset, encoder, twin, paired, queries.size, np.unique(labels[queries]).size)
+    return _retrieval_comparisons(vectors, twin_vectors, np.asarray(subjects), n_boot, seed, (score,))[0][score]
 
 
 def retrieval_rows(
@@ -225,33 +216,37 @@ def retrieval_rows(
     n_boot: int,
     seed: int,
 ) -> list[dict]:
-    """The top-1 row, then the percentile-rank row, of one pool."""
-    return [
-        retrieval_row(score, pool, dataset, encoder, twin, vectors, twin_vectors, subjects, n_boot, seed)
-        for score in RetrievalScore
-    ]
+    """Learning-check rows of same-subject retrieval in one pool, top-1 then percentile rank: n queries, and the
+    patients they come from."""
+    labels = np.asarray(subjects)
+    paired, queries = _retrieval_comparisons(vectors, twin_vectors, labels, n_boot, seed, tuple(RetrievalScore))
+    n, patients = queries.size, np.unique(labels[queries]).size
+    return [learning_row(s.check(pool), dataset, encoder, twin, paired[s], n, patients) for s in RetrievalScore]
 
 
-def _retrieval_comparison(
+def _retrieval_comparisons(
     vectors: np.ndarray,
     twin_vectors: np.ndarray,
     labels: np.ndarray,
     n_boot: int,
     seed: int,
-    score: RetrievalScore,
-) -> tuple[Paired, np.ndarray]:
-    queries, values = retrieval_scores(vectors, labels, score)
-    twin_queries, twin_values = retrieval_scores(twin_vectors, labels, score)
-    if not np.array_equal(queries, twin_queries):
+    scores: tuple[RetrievalScore, ...],
+) -> tuple[dict[RetrievalScore, Paired], np.ndarray]:
+    """Each score of both encoders on the same patient resamples; one similarity matrix per encoder."""
+    mine, theirs = Neighbours.of(vectors, labels), Neighbours.of(twin_vectors, labels)
+    if not np.array_equal(mine.queries, theirs.queries):
         raise LearningCheckError("the two encoders' vectors cover different images")
-    resamples = patient_resamples(labels[queries], n_boot, seed)
-    paired = Paired(
-        value=float(values.mean()),
-        twin_value=float(twin_values.mean()),
-        draws=np.array([values[r].mean() for r in resamples]),
-        twin_draws=np.array([twin_values[r].mean() for r in resamples]),
-    )
-    return paired, queries
+    resamples = patient_resamples(labels[mine.queries], n_boot, seed)
+    paired = {}
+    for score in scores:
+        values, twin_values = mine.scores(score), theirs.scores(score)
+        paired[score] = Paired(
+            value=float(values.mean()),
+            twin_value=float(twin_values.mean()),
+            draws=np.array([values[r].mean() for r in resamples]),
+            twin_draws=np.array([twin_values[r].mean() for r in resamples]),
+        )
+    return paired, mine.queries
 
 
 def disease_rows(scores: pd.DataFrame, encoder: str, twin: str, dataset: str, n_boot: int, seed: int) -> list[dict]:
