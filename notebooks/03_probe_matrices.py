@@ -294,11 +294,14 @@ emit(t9, "03_T9_significance", f"T9: cells significant at BH-FDR {params.probe.a
 # - same-subject retrieval on clean vectors (CLS, then the patch mean): top-1, how often an image's nearest other
 #   image (cosine) is the other film of its subject (chance about 1 in the number of images); and the percentile
 #   rank of that other film, the share of other subjects' images less similar to the query (chance 0.5). Top-1 is
-#   the coarser score: the demo's subjects are deformations of one CT and a film's own pose and exposure differ
-#   more than subjects do, so even the films' raw pixels rarely put the other film first; the percentile rank still
-#   sees a weaker subject signal.
+#   the coarser score: the demo's subjects are deformations of one CT and a film's own pose, exposure and findings
+#   differ more than subjects do, so even the films' raw pixels rarely put the other film first; the percentile
+#   rank still sees a weaker subject signal.
 #
 # Intervals resample patients, the same resamples for both encoders, so the difference has a paired 95 % interval.
+# The column "films' own pixels" runs every check on the raw pixels (the 64 x 64 film of the raw-pixel baseline),
+# with the same probe, images, queries and resamples: it needs no model, so it shows how far a check can go on these
+# films at all.
 # The second table is the same check at a larger scale, recorded by `make demo-encoder` in the model card: probes
 # fitted on its 1,800 training films, tested on 200 films of 100 held-out subjects of the training generator.
 
@@ -326,10 +329,14 @@ else:
 # on the demo cohort: edema is the finding the trained encoder clearly carries better than its twin, and it ranks a
 # subject's other film above more of the other subjects' films (CLS and patch mean); the mean over the findings and
 # top-1 retrieval lean the same way without separating on 52 test films and 220 retrieval queries, and the
-# lung-lesion probe (a Nodule or Mass anywhere on the film) is near or below chance for both. On the model card's
-# 200 held-out films the mean over the findings separates, cardiomegaly included; those are the films the training
-# schedule was chosen on, so the demo cohort's table is the independent one. A 1-million-parameter ViT trained for
-# an hour with masked-image modelling has learned coarse content: docs/PROTOCOL.md, section 11, has what was tried.
+# lung-lesion probe (a Nodule or Mass anywhere on the film) is near or below chance for both. On the demo cohort the
+# films' own pixels put the other film first no more often than the trained encoder does, on the card's held-out
+# films a little more often; either way a few films in a hundred, so top-1 has little room to show any encoder here.
+# The pixels' disease probes are ahead of both encoders: the films' layout is in the pixels, and a small ViT's global
+# vector keeps less of it. On the model card's 200 held-out films the mean over the findings separates, cardiomegaly
+# included; those are the films the training schedule was chosen on, so the demo cohort's table is the independent
+# one. A 1-million-parameter ViT trained for an hour with masked-image modelling has learned coarse content:
+# docs/PROTOCOL.md, section 11, has what was tried.
 
 # %% [markdown]
 # ## Reported vs reproduced

@@ -135,8 +135,40 @@ def test_disease_comparison_refuses_different_test_images() -> None:
     twin = scores_frame("twin", 0.0, 1)
     twin["image_id"] = twin["image_id"] + "x"
     scores = pd.concat([scores_frame("trained", 3.0, 0), twin], ignore_index=True)
-    with pytest.raises(LearningCheckError, match="different test images"):
+    with pytest.raises(LearningCheckError, match="twin was scored on other test images than trained"):
         disease_comparison(scores, "trained", "twin", "demo", n_boot=10, seed=0)
+
+
+def test_the_pixel_reference_is_scored_on_the_same_images_and_resamples() -> None:
+    frames = [scores_frame("trained", 1.0, 0), scores_frame("twin", 0.0, 1), scores_frame("pixels", 3.0, 2)]
+    scores = pd.concat(frames, ignore_index=True)
+    paired = disease_comparison(scores, "trained", "twin", "demo", n_boot=300, seed=0, pixels="pixels")
+    pixels = frames[2]
+    assert paired.pixels == pytest.approx(np.mean([auc(g["label"], g["score"]) for _, g in pixels.groupby("task")]))
+    row = paired.row()
+    assert row["pixels_ci_low"] <= row["pixels"] <= row["pixels_ci_high"] and row["pixels_ci_low"] > row["ci_high"]
+    without = disease_comparison(scores, "trained", "twin", "demo", n_boot=300, seed=0).row()
+    assert np.isnan(without["pixels"]) and np.isnan(without["pixels_ci_low"])
+    assert {k: v for k, v in without.items() if not k.startswith("pixels")} == {
+        k: v for k, v in row.items() if not k.startswith("pixels")
+    }  # the reference changes neither encoder's numbers
+    moved = pixels.assign(image_id=pixels["image_id"] + "x")
+    with pytest.raises(LearningCheckError, match="pixels was scored on other test images"):
+        disease_comparison(pd.concat([*frames[:2], moved]), "trained", "twin", "demo", 10, 0, pixels="pixels")
+
+
+def test_retrieval_rows_carry_the_pixels_on_the_same_queries() -> None:
+    subjects, vectors = subjects_and_vectors()
+    noise = np.random.default_rng(1).normal(size=vectors.shape)
+    rows = retrieval_rows("cls", "demo", "t", "r", noise, noise, subjects, n_boot=100, seed=0, pixel_vectors=vectors)
+    assert [r["pixels"] for r in rows] == [1.0, 1.0]  # planted subjects: every other film first
+    assert all(r["difference"] == 0.0 for r in rows)
+    plain = retrieval_rows("cls", "demo", "t", "r", noise, noise, subjects, n_boot=100, seed=0)
+    assert all(np.isnan(r["pixels"]) for r in plain)
+    table = learning_table(pd.DataFrame(rows + plain), {})
+    assert table.iloc[0, table.columns.get_loc("films' own pixels, 64 x 64 [95 % CI]")].startswith("1.000 [1.000")
+    assert table.iloc[2, table.columns.get_loc("films' own pixels, 64 x 64 [95 % CI]")] == "n/a"
+    assert learning_reading(pd.DataFrame(rows)).splitlines()[0].endswith("; the films' own pixels: 1.000")
 
 
 def test_token_pca_colours_a_planted_region() -> None:
@@ -155,6 +187,7 @@ def test_token_pca_colours_a_planted_region() -> None:
 
 def test_the_reading_follows_each_intervals_side_of_zero() -> None:
     base = {c: 0.0 for c in ("ci_low", "ci_high", "twin_ci_low", "twin_ci_high")}
+    base.update(pixels=np.nan, pixels_ci_low=np.nan, pixels_ci_high=np.nan)
     rows = [
         {"check": "a", "value": 0.7, "twin_value": 0.6, "difference": 0.1, "difference_ci_low": 0.02},
         {"check": "b", "value": 0.5, "twin_value": 0.6, "difference": -0.1, "difference_ci_low": -0.2},

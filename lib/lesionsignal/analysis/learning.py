@@ -11,6 +11,11 @@ the study's stimuli.
 
 Intervals are percentile intervals from resampling patients (a subject's films stay together), the same resamples
 for both encoders, so the difference has a paired interval.
+
+Beside the two encoders, a reference that needs no model: the same checks on the films' own pixels (the run's
+raw-global vectors, a 64 x 64 area-downsampled film), on the same test images, queries and resamples. It says how
+far a check can go on these films at all: where the pixels themselves rarely put a subject's other film first,
+top-1 cannot show much of any encoder.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ LEARNING_COLUMNS = (
     "difference",
     "difference_ci_low",
     "difference_ci_high",
+    "pixels",
+    "pixels_ci_low",
+    "pixels_ci_high",
     "n",
     "patients",
 )
@@ -69,6 +77,8 @@ class Paired:
     twin_value: float
     draws: np.ndarray  # (n_boot,)
     twin_draws: np.ndarray
+    pixels: float = np.nan  # the films' own pixels on the same images and resamples (nan: not computed)
+    pixel_draws: np.ndarray | None = None
 
     def row(self, level: float = 0.95) -> dict[str, float]:
         lo, hi = 50 * (1 - level), 50 * (1 + level)
@@ -80,6 +90,7 @@ class Paired:
             return float(np.percentile(finite, lo)), float(np.percentile(finite, hi))
 
         a, b, d = interval(self.draws), interval(self.twin_draws), interval(self.draws - self.twin_draws)
+        p = (np.nan, np.nan) if self.pixel_draws is None else interval(self.pixel_draws)
         return {
             "value": self.value,
             "ci_low": a[0],
@@ -90,6 +101,9 @@ class Paired:
             "difference": self.value - self.twin_value,
             "difference_ci_low": d[0],
             "difference_ci_high": d[1],
+            "pixels": self.pixels,
+            "pixels_ci_low": p[0],
+            "pixels_ci_high": p[1],
         }
 
 
@@ -122,9 +136,11 @@ def disease_comparison(
     n_boot: int,
     seed: int,
     task: str | None = None,
+    pixels: str | None = None,
 ) -> Paired:
     """Mean AUC over the tasks both encoders were probed on (or of ``task`` alone), from per-image test scores
-    (analysis.disease.SCORE_COLUMNS)."""
+    (analysis.disease.SCORE_COLUMNS). ``pixels``: the model name of the raw-pixel probes' scores in ``scores``, the
+    reference scored on the same tasks and images."""
     one = scores[scores["dataset"] == dataset]
     tasks = sorted(set(one.loc[one["model"] == encoder, "task"]) & set(one.loc[one["model"] == twin, "task"]))
     if task is not None:
@@ -136,20 +152,22 @@ def disease_comparison(
         return one[(one["model"] == model) & (one["task"] == task)].set_index("image_id").sort_index()
 
     first = table(encoder, tasks[0])
-    mine, theirs = [], []
+    models = (encoder, twin) if pixels is None else (encoder, twin, pixels)
+    labelled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in models}
     for task in tasks:
-        a, b = table(encoder, task), table(twin, task)
-        if not (a.index.equals(first.index) and b.index.equals(first.index)):
-            raise LearningCheckError(f"{dataset} / {task}: the two encoders were scored on different test images")
-        mine.append((a["label"].to_numpy(), a["score"].to_numpy()))
-        theirs.append((b["label"].to_numpy(), b["score"].to_numpy()))
+        for model in models:
+            t = table(model, task)
+            if not t.index.equals(first.index):
+                raise LearningCheckError(f"{dataset} / {task}: {model} was scored on other test images than {encoder}")
+            labelled[model].append((t["label"].to_numpy(), t["score"].to_numpy()))
     resamples = patient_resamples(first["patient_id"].to_numpy(), n_boot, seed)
-    return Paired(
-        value=_mean_auc(mine),
-        twin_value=_mean_auc(theirs),
-        draws=np.array([_mean_auc(mine, r) for r in resamples]),
-        twin_draws=np.array([_mean_auc(theirs, r) for r in resamples]),
-    )
+
+    def statistic(model: str) -> tuple[float, np.ndarray]:
+        return _mean_auc(labelled[model]), np.array([_mean_auc(labelled[model], r) for r in resamples])
+
+    (value, draws), (twin_value, twin_draws) = statistic(encoder), statistic(twin)
+    reference = (np.nan, None) if pixels is None else statistic(pixels)
+    return Paired(value, twin_value, draws, twin_draws, *reference)
 
 
 @dataclass(frozen=True)
@@ -215,11 +233,14 @@ def retrieval_rows(
     subjects: Sequence[str],
     n_boot: int,
     seed: int,
+    pixel_vectors: np.ndarray | None = None,
 ) -> list[dict]:
     """Learning-check rows of same-subject retrieval in one pool, top-1 then percentile rank: n queries, and the
-    patients they come from."""
+    patients they come from; with the films' own pixels as the reference when ``pixel_vectors`` are given."""
     labels = np.asarray(subjects)
-    paired, queries = _retrieval_comparisons(vectors, twin_vectors, labels, n_boot, seed, tuple(RetrievalScore))
+    paired, queries = _retrieval_comparisons(
+        vectors, twin_vectors, labels, n_boot, seed, tuple(RetrievalScore), pixel_vectors
+    )
     n, patients = queries.size, np.unique(labels[queries]).size
     return [learning_row(s.check(pool), dataset, encoder, twin, paired[s], n, patients) for s in RetrievalScore]
 
@@ -231,26 +252,39 @@ def _retrieval_comparisons(
     n_boot: int,
     seed: int,
     scores: tuple[RetrievalScore, ...],
+    pixel_vectors: np.ndarray | None = None,
 ) -> tuple[dict[RetrievalScore, Paired], np.ndarray]:
-    """Each score of both encoders on the same patient resamples; one similarity matrix per encoder."""
+    """Each score of both encoders (and of the pixels) on the same patient resamples; one similarity matrix per
+    feature source."""
     mine, theirs = Neighbours.of(vectors, labels), Neighbours.of(twin_vectors, labels)
     if not np.array_equal(mine.queries, theirs.queries):
         raise LearningCheckError("the two encoders' vectors cover different images")
+    pixels = None if pixel_vectors is None else Neighbours.of(pixel_vectors, labels)
     resamples = patient_resamples(labels[mine.queries], n_boot, seed)
+
+    def statistic(neighbours: Neighbours, score: RetrievalScore) -> tuple[float, np.ndarray]:
+        values = neighbours.scores(score)
+        return float(values.mean()), np.array([values[r].mean() for r in resamples])
+
     paired = {}
     for score in scores:
-        values, twin_values = mine.scores(score), theirs.scores(score)
-        paired[score] = Paired(
-            value=float(values.mean()),
-            twin_value=float(twin_values.mean()),
-            draws=np.array([values[r].mean() for r in resamples]),
-            twin_draws=np.array([twin_values[r].mean() for r in resamples]),
-        )
+        (value, draws), (twin_value, twin_draws) = statistic(mine, score), statistic(theirs, score)
+        reference = (np.nan, None) if pixels is None else statistic(pixels, score)
+        paired[score] = Paired(value, twin_value, draws, twin_draws, *reference)
     return paired, mine.queries
 
 
-def disease_rows(scores: pd.DataFrame, encoder: str, twin: str, dataset: str, n_boot: int, seed: int) -> list[dict]:
-    """The mean over the findings, then each finding alone, each with its paired interval."""
+def disease_rows(
+    scores: pd.DataFrame,
+    encoder: str,
+    twin: str,
+    dataset: str,
+    n_boot: int,
+    seed: int,
+    pixels: str | None = None,
+) -> list[dict]:
+    """The mean over the findings, then each finding alone, each with its paired interval (and the raw-pixel
+    probes' value when ``pixels`` names their scores)."""
     tested = scores[(scores["dataset"] == dataset) & (scores["model"] == encoder)]
     if tested.empty:
         return []
@@ -263,13 +297,13 @@ def disease_rows(scores: pd.DataFrame, encoder: str, twin: str, dataset: str, n_
             dataset,
             encoder,
             twin,
-            disease_comparison(scores, encoder, twin, dataset, n_boot, seed),
+            disease_comparison(scores, encoder, twin, dataset, n_boot, seed, pixels=pixels),
             n,
             patients,
         )
     ]
     for task in tasks:
-        paired = disease_comparison(scores, encoder, twin, dataset, n_boot, seed, task=task)
+        paired = disease_comparison(scores, encoder, twin, dataset, n_boot, seed, task=task, pixels=pixels)
         rows.append(learning_row(FINDING_CHECK.format(task=task), dataset, encoder, twin, paired, n, patients))
     return rows
 

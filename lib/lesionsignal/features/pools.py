@@ -96,8 +96,7 @@ class RawPixels:
     def pool(self, view: View, boxes: Sequence[Sequence[Box]]) -> Pooled:
         canvases = view.canvases
         side = canvases.shape[-1]
-        small = [cv2.resize(c, (self.global_side, self.global_side), interpolation=cv2.INTER_AREA) for c in canvases]
-        global_raw = np.stack(small).reshape(len(canvases), -1).astype(np.float32) / 255.0
+        global_raw = raw_global(canvases, self.global_side)
         local = [
             canvases[i][centred_window(box, self.oracle_side, side)].reshape(-1).astype(np.float32) / 255.0
             for i, image_boxes in enumerate(boxes)
@@ -105,6 +104,12 @@ class RawPixels:
         ]
         width = self.oracle_side**2
         return Pooled({Pool.RAW_GLOBAL: global_raw}, np.stack(local) if local else np.zeros((0, width), np.float32))
+
+
+def raw_global(canvases: Sequence[np.ndarray], side: int = RAW_GLOBAL_SIDE) -> np.ndarray:
+    """(n, side * side) float32 in [0, 1]: each 8-bit canvas area-downsampled to ``side`` x ``side``."""
+    small = [cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA) for c in canvases]
+    return np.stack(small).reshape(len(small), -1).astype(np.float32) / 255.0
 
 
 def encoder_key(spec: EncoderSpec, dtype: torch.dtype, seed: int) -> str:

@@ -18,8 +18,12 @@ def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+PIXELS_COLUMN = "films' own pixels, 64 x 64 [95 % CI]"
+
+
 def learning_table(cells: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
-    """One row per (check, dataset, trained encoder): trained, twin and difference, each with its 95 % interval."""
+    """One row per (check, dataset, trained encoder): trained, twin and difference, each with its 95 % interval,
+    and the films' own pixels on the same check (n/a where a recorded check has no pixel reference)."""
     missing = [c for c in LEARNING_COLUMNS if c not in cells.columns]
     if missing:
         raise ValueError(f"learning-check cells lack columns {missing}")
@@ -34,6 +38,7 @@ def learning_table(cells: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFra
                 "random-init twin [95 % CI]": _interval(row.twin_value, row.twin_ci_low, row.twin_ci_high),
                 "difference [95 % CI]": _interval(row.difference, row.difference_ci_low, row.difference_ci_high),
                 "interval excludes 0": bool(row.difference_ci_low > 0 or row.difference_ci_high < 0),
+                PIXELS_COLUMN: _interval(row.pixels, row.pixels_ci_low, row.pixels_ci_high),
                 "n": int(row.n),
                 "patients": int(row.patients),
             }
@@ -53,9 +58,10 @@ def learning_reading(cells: pd.DataFrame) -> str:
             verdict = "the trained encoder is behind (interval below 0)"
         else:
             verdict = "not separated (interval includes 0)"
+        pixels = "" if not np.isfinite(row.pixels) else f"; the films' own pixels: {row.pixels:.3f}"
         lines.append(
             f"{row.dataset} / {row.check}: {row.value:.3f} against the twin's {row.twin_value:.3f}, difference "
-            f"{row.difference:+.3f} [{low:+.3f}, {high:+.3f}]: {verdict}"
+            f"{row.difference:+.3f} [{low:+.3f}, {high:+.3f}]: {verdict}{pixels}"
         )
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ from lesionsignal.demo.config import DemoCohortConfig, cohort_folder_name, outpu
 from lesionsignal.demo.overlap import shared_subjects
 from lesionsignal.features.encoder import Encoder, load_encoder
 from lesionsignal.features.geometry import Geometry
+from lesionsignal.features.pools import RAW_SOURCE, raw_global
 from lesionsignal.features.registry import EncoderSpec, random_twin, resolve_spec
 from lesionsignal.paper.encoder_checks import learning_table
 from lesionsignal.paper.outputs import frame_to_markdown
@@ -178,6 +179,8 @@ def evaluate(
         e.spec.id: np.concatenate([_cls(e, films, progress), _cls(e, held_out.films, progress)])
         for e in (trained, twin)
     }
+    # The films' own pixels as the reference (analysis.learning): the run's raw-global vectors of the same films.
+    vectors[RAW_SOURCE] = np.concatenate([raw_global(films), raw_global(held_out.films)])
     disease = run_disease(
         list(vectors),
         {EVALUATION_DATASET: manifest},
@@ -190,7 +193,9 @@ def evaluate(
     )
     trained_id, twin_id = trained.spec.id, twin.spec.id
     scores = disease.scores[~disease.scores["task"].isin(disease.skipped["task"])]  # probed for both encoders
-    rows = disease_rows(scores, trained_id, twin_id, EVALUATION_DATASET, settings.n_boot, settings.seed)
+    rows = disease_rows(
+        scores, trained_id, twin_id, EVALUATION_DATASET, settings.n_boot, settings.seed, pixels=RAW_SOURCE
+    )
     held = slice(len(train_records), None)
     rows += retrieval_rows(
         str(Pool.CLS),
@@ -202,6 +207,7 @@ def evaluate(
         held_out.subjects,
         settings.n_boot,
         settings.seed,
+        vectors[RAW_SOURCE][held],
     )
     table = pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
     labels = {trained_id: spec.label, twin_id: twin.spec.label}

@@ -29,6 +29,7 @@ from lesionsignal.core.files import array_names, load_arrays
 from lesionsignal.core.kinds import Pool
 from lesionsignal.core.parallel import one_thread
 from lesionsignal.data.manifest import Manifest
+from lesionsignal.features.pools import RAW_SOURCE
 from lesionsignal.paper.registry import T9_CONDITIONS
 from lesionsignal.pipeline.cohorts import detection_items, manifests, splits_of
 from lesionsignal.pipeline.embeddings import (
@@ -157,26 +158,46 @@ def _disease(run: Run, timings: list[dict]) -> None:
     write_output(run, StageName.PROBES, DISEASE_OPERATING, results.operating)
     write_output(run, StageName.PROBES, T9, results.t9)
     write_output(run, StageName.PROBES, DISEASE_SKIPPED, results.skipped)
-    write_output(run, StageName.PROBES, LEARNING, _learning(run, cohorts, results.scores))
+    with one_thread():
+        learning = _learning(run, cohorts, results.scores)
+    write_output(run, StageName.PROBES, LEARNING, learning)
     timings.append({"step": "disease probes", "seconds": time.perf_counter() - started, "probes": len(results.t2)})
 
 
 def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> pd.DataFrame:
     """The learning checks (analysis.learning) of every trained encoder against its twin, on every disease cohort:
-    the disease probes, then same-subject retrieval on the clean global vectors and on the patch means."""
+    the disease probes, then same-subject retrieval on the clean global vectors and on the patch means; beside
+    them, the same checks on the films' own pixels (the raw-global vectors of the raw-pixel baseline)."""
+    pairs = twin_pairs(run.params)
+    if not pairs:
+        return pd.DataFrame(columns=list(LEARNING_COLUMNS))
+    params = run.params
+    n_boot, seed = params.probe.n_boot, params.probe.seed
+    pixels = run_disease(
+        [RAW_SOURCE],
+        cohorts,
+        [],
+        lambda _, dataset: _clean_pool(run, RAW_SOURCE, dataset, Pool.RAW_GLOBAL),
+        lambda *_: (np.zeros(0, str), np.zeros((0, 0))),  # no perturbed films: the reference is clean only
+        probe_config(params.probe),
+        n_boot,
+        params.probe.alpha,
+    )
+    scores = pd.concat([scores, pixels.scores], ignore_index=True)
     rows = []
-    n_boot, seed = run.params.probe.n_boot, run.params.probe.seed
-    for trained, twin in twin_pairs(run.params):
+    for trained, twin in pairs:
         for dataset, manifest in cohorts.items():
-            rows += disease_rows(scores, trained, twin, dataset, n_boot, seed)
+            rows += disease_rows(scores, trained, twin, dataset, n_boot, seed, pixels=RAW_SOURCE)
             patient = {r.image_id: r.patient_id for r in manifest.records}
+            pixel_ids, pixel_x = _clean_pool(run, RAW_SOURCE, dataset, Pool.RAW_GLOBAL)
             for pool in (Pool.CLS, Pool.PATCH_MEAN):
                 ids, x = _clean_pool(run, trained, dataset, pool)
                 twin_ids, twin_x = _clean_pool(run, twin, dataset, pool)
-                if not np.array_equal(ids, twin_ids):
-                    raise ValueError(f"{dataset}: {trained} and {twin} have clean vectors of different images")
+                for other, other_ids in ((twin, twin_ids), (RAW_SOURCE, pixel_ids)):
+                    if not np.array_equal(ids, other_ids):
+                        raise ValueError(f"{dataset}: {trained} and {other} have clean vectors of different images")
                 subjects = [patient[i] for i in ids]
-                rows += retrieval_rows(pool, dataset, trained, twin, x, twin_x, subjects, n_boot, seed)
+                rows += retrieval_rows(pool, dataset, trained, twin, x, twin_x, subjects, n_boot, seed, pixel_x)
     return pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
 
 

@@ -232,7 +232,8 @@ def _evaluation_text(evaluation: Evaluated | None) -> str:
         "(is a film's nearest other film, by cosine of CLS, its subject's other film) and the percentile rank of "
         "the subject's other film (the share of other subjects' films less similar to the query; chance 0.5). The "
         "random-init twin has the same architecture and input; intervals resample subjects, the same resamples for "
-        f"both encoders.\n\n{evaluation.markdown}"
+        "both encoders. The films' own pixels (64 x 64, area-downsampled) go through the same checks as a reference "
+        f"that needs no model.\n\n{evaluation.markdown}"
     )
 
 
