@@ -294,9 +294,9 @@ emit(t9, "03_T9_significance", f"T9: cells significant at BH-FDR {params.probe.a
 # - same-subject retrieval on clean vectors (CLS, then the patch mean): top-1, how often an image's nearest other
 #   image (cosine) is the other film of its subject (chance about 1 in the number of images); and the percentile
 #   rank of that other film, the share of other subjects' images less similar to the query (chance 0.5). Top-1 is
-#   the coarser score: the demo's subjects are deformations of one CT and a film's own pose, exposure and findings
-#   differ more than subjects do, so even the films' raw pixels rarely put the other film first; the percentile
-#   rank still sees a weaker subject signal.
+#   the coarser score: the demo's subjects are deformations of one CT and a film's own pose and exposure differ
+#   more than subjects do, so even the films' raw pixels rarely put the other film first; the percentile rank
+#   still sees a weaker subject signal.
 #
 # Intervals resample patients, the same resamples for both encoders, so the difference has a paired 95 % interval.
 # The column "films' own pixels" runs every check on the raw pixels (the 64 x 64 film of the raw-pixel baseline),
