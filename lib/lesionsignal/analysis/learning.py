@@ -21,8 +21,9 @@ top-1 cannot show much of any encoder.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,7 @@ LEARNING_COLUMNS = (
 DISEASE_CHECK = "disease probes: mean test AUC over the findings"
 FINDING_CHECK = "disease probe: test AUC, {task}"
 RETRIEVAL_CHECK = "same-subject retrieval: {score} ({pool})"
+S = TypeVar("S")  # a feature source as a paired statistic sees it: a model name, or per-query scores
 
 
 class RetrievalScore(enum.Enum):
@@ -161,13 +163,29 @@ def disease_comparison(
                 raise LearningCheckError(f"{dataset} / {task}: {model} was scored on other test images than {encoder}")
             labelled[model].append((t["label"].to_numpy(), t["score"].to_numpy()))
     resamples = patient_resamples(first["patient_id"].to_numpy(), n_boot, seed)
+    return _paired(lambda model, rows: _mean_auc(labelled[model], rows), encoder, twin, pixels, resamples)
 
-    def statistic(model: str) -> tuple[float, np.ndarray]:
-        return _mean_auc(labelled[model]), np.array([_mean_auc(labelled[model], r) for r in resamples])
 
-    (value, draws), (twin_value, twin_draws) = statistic(encoder), statistic(twin)
-    reference = (np.nan, None) if pixels is None else statistic(pixels)
-    return Paired(value, twin_value, draws, twin_draws, *reference)
+def _paired(
+    statistic: Callable[[S, np.ndarray | None], float],
+    encoder: S,
+    twin: S,
+    pixels: S | None,
+    resamples: Sequence[np.ndarray],
+) -> Paired:
+    """``statistic(source, rows)`` of both encoders, and of the pixels when given, on every row (``rows`` None)
+    and on each of the same resamples."""
+
+    def drawn(source: S) -> tuple[float, np.ndarray]:
+        return statistic(source, None), np.array([statistic(source, r) for r in resamples])
+
+    (value, draws), (twin_value, twin_draws) = drawn(encoder), drawn(twin)
+    pixel_value, pixel_draws = (np.nan, None) if pixels is None else drawn(pixels)
+    return Paired(value, twin_value, draws, twin_draws, pixel_value, pixel_draws)
+
+
+def _mean(values: np.ndarray, rows: np.ndarray | None) -> float:
+    return float((values if rows is None else values[rows]).mean())
 
 
 @dataclass(frozen=True)
@@ -261,16 +279,10 @@ def _retrieval_comparisons(
         raise LearningCheckError("the two encoders' vectors cover different images")
     pixels = None if pixel_vectors is None else Neighbours.of(pixel_vectors, labels)
     resamples = patient_resamples(labels[mine.queries], n_boot, seed)
-
-    def statistic(neighbours: Neighbours, score: RetrievalScore) -> tuple[float, np.ndarray]:
-        values = neighbours.scores(score)
-        return float(values.mean()), np.array([values[r].mean() for r in resamples])
-
     paired = {}
     for score in scores:
-        (value, draws), (twin_value, twin_draws) = statistic(mine, score), statistic(theirs, score)
-        reference = (np.nan, None) if pixels is None else statistic(pixels, score)
-        paired[score] = Paired(value, twin_value, draws, twin_draws, *reference)
+        pixel_scores = None if pixels is None else pixels.scores(score)
+        paired[score] = _paired(_mean, mine.scores(score), theirs.scores(score), pixel_scores, resamples)
     return paired, mine.queries
 
 

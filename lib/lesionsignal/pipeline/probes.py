@@ -173,11 +173,12 @@ def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> p
         return pd.DataFrame(columns=list(LEARNING_COLUMNS))
     params = run.params
     n_boot, seed = params.probe.n_boot, params.probe.seed
+    raw = {dataset: _clean_pool(run, RAW_SOURCE, dataset, Pool.RAW_GLOBAL) for dataset in cohorts}
     pixels = run_disease(
         [RAW_SOURCE],
         cohorts,
         [],
-        lambda _, dataset: _clean_pool(run, RAW_SOURCE, dataset, Pool.RAW_GLOBAL),
+        lambda _, dataset: raw[dataset],
         lambda *_: (np.zeros(0, str), np.zeros((0, 0))),  # no perturbed films: the reference is clean only
         probe_config(params.probe),
         n_boot,
@@ -189,7 +190,7 @@ def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> p
         for dataset, manifest in cohorts.items():
             rows += disease_rows(scores, trained, twin, dataset, n_boot, seed, pixels=RAW_SOURCE)
             patient = {r.image_id: r.patient_id for r in manifest.records}
-            pixel_ids, pixel_x = _clean_pool(run, RAW_SOURCE, dataset, Pool.RAW_GLOBAL)
+            pixel_ids, pixel_x = raw[dataset]
             for pool in (Pool.CLS, Pool.PATCH_MEAN):
                 ids, x = _clean_pool(run, trained, dataset, pool)
                 twin_ids, twin_x = _clean_pool(run, twin, dataset, pool)
