@@ -10,7 +10,7 @@ import enum
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -20,6 +20,7 @@ from lesionsignal.config.execution import ExecutorKind, SlurmParams, check_devic
 from lesionsignal.core.kinds import RunKind
 from lesionsignal.core.validate import FieldError, ParamsError, build
 from lesionsignal.demo.config import DemoCohortConfig
+from lesionsignal.demo.overlap import shared_subjects
 from lesionsignal.paper.outputs import RunLabel
 from lesionsignal.paper.registry import SFDI_PANEL
 from lesionsignal.stimuli.convention import Convention, PanelSwitches
@@ -119,6 +120,7 @@ class Analysis(enum.Enum):
     PANEL = "panel"  # controlled-stimulus detection (clean vs perturbed)
     DISEASE = "disease"  # globally decided disease probes, and clean-vs-perturbed disease protocol
     LESIONS = "lesions"  # natural lesions with boxes (ChestX-Det10 analyses)
+    LEARNING = "learning"  # the learning checks: each trained encoder against its random-init twin, clean films only
 
 
 _COHORT_FILES: dict[CohortKind, tuple[str, ...]] = {
@@ -132,6 +134,21 @@ _COHORT_FILES: dict[CohortKind, tuple[str, ...]] = {
 
 # Fields no other kind reads: set on another kind, they would be ignored, so they are refused instead.
 _CHESTXDET10_ONLY = ("name_map_jsons", "name_map_csv", "box_corners", "split")
+
+
+@dataclass(frozen=True)
+class DemoFilms:
+    """A demo cohort's own generator settings where they differ from the run's ``demo_cohort`` section: a second
+    demo cohort of other subjects (another seed), for instance the learning checks' own films."""
+
+    n_images: int | None = None
+    images_per_subject: int | None = None
+    test_fraction: float | None = None
+    seed: int | None = None
+
+    def applied(self, base: DemoCohortConfig) -> DemoCohortConfig:
+        """``base`` with the settings given here; DemoCohortConfig validates the result."""
+        return replace(base, **{k: v for k, v in asdict(self).items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,7 @@ class CohortParams:
     test_fraction: float = 0.2
     seed: int = 42  # the detection-set draw; ChestX-Det10: the patient-disjoint re-split
     exclude_invalid: bool = False  # True: invalid rows go to an exclusion list beside the manifest instead of failing
+    generator: DemoFilms | None = None  # demo: this cohort's own films, over the run's demo_cohort section
 
     def required_files(self) -> list[tuple[str, Path]]:
         """(field, path) of every input file or folder this kind reads."""
@@ -187,6 +205,8 @@ class CohortParams:
 
     def __post_init__(self) -> None:
         self._check_chestxdet10()  # first: its hint for a misplaced root beats "image_dirs: required"
+        if self.generator is not None and self.kind is not CohortKind.DEMO:
+            raise FieldError("generator", f"only for demo cohorts (this one is {self.kind.value})")
         self.required_files()
         if self.n_images is not None and self.n_images < 4:
             raise FieldError("n_images", f"need at least 4 images, got {self.n_images}")
@@ -443,6 +463,28 @@ class Params:
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise FieldError(group, f"names must be unique, repeated: {repeated}")
+        self._check_demo_cohorts()
+
+    def _check_demo_cohorts(self) -> None:
+        """Each demo cohort's generator is valid, and two demo cohorts of other films share no subject (a subject
+        in both would tie the cohorts' results together)."""
+        configs: dict[DemoCohortConfig, tuple[int, str]] = {}
+        for i, cohort in enumerate(self.cohorts):
+            if cohort.kind is not CohortKind.DEMO:
+                continue
+            try:
+                config = self.demo_config(cohort)
+            except FieldError as err:
+                raise FieldError(f"cohorts[{i}].generator.{err.field}", err.reason) from None
+            for other, (j, name) in configs.items():
+                shared = [] if other == config else shared_subjects(config, other)
+                if shared:
+                    raise FieldError(
+                        f"cohorts[{i}].generator",
+                        f"cohort {cohort.name!r} would draw {len(shared)} subjects of cohort {name!r} (cohorts[{j}]): "
+                        "give it a seed of its own",
+                    )
+            configs.setdefault(config, (i, cohort.name))
 
     def cohort(self, name: str) -> CohortParams:
         for cohort in self.cohorts:
@@ -452,6 +494,16 @@ class Params:
 
     def cohorts_for(self, analysis: Analysis) -> list[CohortParams]:
         return [c for c in self.cohorts if analysis in c.uses]
+
+    def clean_only_cohorts(self) -> list[CohortParams]:
+        """Cohorts extracted clean only: those of the learning checks that the panel does not extract."""
+        return [c for c in self.cohorts_for(Analysis.LEARNING) if Analysis.PANEL not in c.uses]
+
+    def demo_config(self, cohort: CohortParams) -> DemoCohortConfig:
+        """The generator of a demo cohort: the demo_cohort section, with the cohort's own ``generator`` settings."""
+        if cohort.kind is not CohortKind.DEMO:
+            raise ValueError(f"cohort {cohort.name!r} is a {cohort.kind.value} cohort, not a demo cohort")
+        return self.demo_cohort if cohort.generator is None else cohort.generator.applied(self.demo_cohort)
 
     def missing_files(self, root: Path | None = None) -> list[tuple[str, Path]]:
         """(key, path) of every input file or folder the parameters name that does not exist."""

@@ -1,4 +1,4 @@
-"""The first stages: render the demo cohort (when the run has one), then read, validate and save every cohort.
+"""The first stages: render the demo cohorts (when the run has any), then read, validate and save every cohort.
 
 Each cohort of the parameters is read by the adapter of its kind, validated (files, unique ids, patient-disjoint
 splits, boxes inside the canvas) and saved as a manifest in the stage's folder; later stages read the manifests and
@@ -40,24 +40,27 @@ DEMO_RECORD = "demo_cohort.json"
 SPLITS = "splits.json"  # per cohort and split: images, patients, and those shared with another split
 
 
-def demo_cohort_folder(run: Run) -> Path:
-    """Where the run's demo cohort lives: the folder name carries the generator's parameter digest."""
-    return run.catalog.cohorts / cohort_folder_name(run.params.demo_cohort, run.params.panel.canvas_size)
+def demo_cohort_folder(run: Run, cohort: CohortParams) -> Path:
+    """Where a demo cohort of the run lives: the folder name carries its generator's parameter digest."""
+    return run.catalog.cohorts / cohort_folder_name(run.params.demo_config(cohort), run.params.panel.canvas_size)
 
 
 def compute_demo_cohort(run: Run) -> bool:
-    """Build (or reuse, or resume) the demo cohort when the run has a demo cohort; record where it is."""
-    wanted = any(c.kind is CohortKind.DEMO for c in run.params.cohorts)
-    record: dict[str, str | None] = {"folder": None}
-    if wanted:
-        folder = demo_cohort_folder(run)
-        ct = ct_paths(run.catalog.data_cache)
-        canvas = run.params.panel.canvas_size
-        cohort = build_demo_cohort(run.params.demo_cohort, ct, folder, run.progress, canvas=canvas)
-        if not cohort.complete:
-            return False
-        record["folder"] = folder.name
-    atomic_write_text(run.catalog.stage(StageName.DEMO_COHORT) / DEMO_RECORD, json.dumps(record) + "\n")
+    """Build (or reuse, or resume) every demo cohort of the run; record where each is."""
+    folders: dict[str, str] = {}
+    built: set[Path] = set()
+    for cohort in run.params.cohorts:
+        if cohort.kind is not CohortKind.DEMO:
+            continue
+        folder = demo_cohort_folder(run, cohort)
+        if folder not in built:
+            ct = ct_paths(run.catalog.data_cache)
+            config, canvas = run.params.demo_config(cohort), run.params.panel.canvas_size
+            if not build_demo_cohort(config, ct, folder, run.progress, canvas=canvas).complete:
+                return False
+            built.add(folder)
+        folders[cohort.name] = folder.name
+    atomic_write_text(run.catalog.stage(StageName.DEMO_COHORT) / DEMO_RECORD, json.dumps({"folders": folders}) + "\n")
     return True
 
 
@@ -91,7 +94,7 @@ def _read_strict(run: Run, cohort: CohortParams) -> Manifest:
 
     kind = cohort.kind
     if kind is CohortKind.DEMO:
-        return read_demo(demo_cohort_folder(run), classes=params.lesions.classes, cohort=cohort.name)
+        return read_demo(demo_cohort_folder(run, cohort), classes=params.lesions.classes, cohort=cohort.name)
     if kind is CohortKind.NIH:
         lists = (path(cohort.split_lists[0]), path(cohort.split_lists[1])) if cohort.split_lists else None
         return read_nih(

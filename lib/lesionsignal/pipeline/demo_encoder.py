@@ -26,7 +26,7 @@ import torch
 
 from lesionsignal.analysis.disease import run_disease
 from lesionsignal.analysis.learning import LEARNING_COLUMNS, disease_rows, retrieval_rows
-from lesionsignal.config.params import load_params, project_root, resolve, shown_path
+from lesionsignal.config.params import CohortKind, load_params, project_root, resolve, shown_path
 from lesionsignal.config.training import DemoEncoderParams, load_training_params
 from lesionsignal.core.errors import UserError, user_errors_exit
 from lesionsignal.core.kinds import Pool
@@ -72,15 +72,18 @@ def generator_config(params: DemoEncoderParams) -> DemoCohortConfig:
 
 
 def check_disjoint(params: DemoEncoderParams, root: Path) -> None:
-    """Refuse a training generator that would draw any subject of the demo run's cohort."""
+    """Refuse a training generator that would draw any subject of a demo cohort of the demo run."""
     demo = load_params(resolve(params.demo_params, root))
-    shared = shared_subjects(generator_config(params), demo.demo_cohort)
-    if shared:
-        raise SharedSubjects(
-            f"{params.source}: films: {len(shared)} training subjects are subjects of the demo cohort of "
-            f"{shown_path(params.demo_params, root)} (first: training subject {shared[0][0] + 1} = demo subject "
-            f"{shared[0][1] + 1}); give films.seed a value other than demo_cohort.seed ({demo.demo_cohort.seed})"
-        )
+    for cohort in (c for c in demo.cohorts if c.kind is CohortKind.DEMO):
+        config = demo.demo_config(cohort)
+        shared = shared_subjects(generator_config(params), config)
+        if shared:
+            raise SharedSubjects(
+                f"{params.source}: films: {len(shared)} training subjects are subjects of the demo cohort "
+                f"{cohort.name!r} of {shown_path(params.demo_params, root)} (first: training subject "
+                f"{shared[0][0] + 1} = demo subject {shared[0][1] + 1}); give films.seed a value other than "
+                f"{config.seed}"
+            )
 
 
 def split_records(manifest: Manifest) -> tuple[list[Record], list[Record]]:

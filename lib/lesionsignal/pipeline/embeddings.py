@@ -1,4 +1,5 @@
-"""The embeddings stage: every feature source over every panel cohort's detection set, clean and perturbed.
+"""The embeddings stage: every feature source over every panel cohort's detection set, clean and perturbed, and
+over the films of the learning checks' own cohorts, clean only.
 
 The raw-pixel baselines and the encoders of the run go over each cohort together (each image decoded and perturbed
 once for all of them) through the one extraction engine, run where ``extraction.executor`` says (this process, one
@@ -28,7 +29,7 @@ from lesionsignal.features.extraction import (
 from lesionsignal.features.pools import EncoderFeatures, FeatureSource, PlannedEncoder, RawPixels
 from lesionsignal.features.registry import resolve_spec
 from lesionsignal.features.token_maps import encoder_token_pca
-from lesionsignal.pipeline.cohorts import detection_items, manifests
+from lesionsignal.pipeline.cohorts import detection_items, manifest, manifests
 from lesionsignal.pipeline.executors import run_step
 from lesionsignal.pipeline.sources import device_for, encoder_source, panel_sources
 from lesionsignal.pipeline.stage import Run, StageName, write_output
@@ -128,17 +129,18 @@ def write_token_maps(run: Run, encoders: Sequence[EncoderFeatures]) -> None:
 
 
 def panel_sets(run: Run, sources: Sequence[FeatureSource]) -> list[JobSet]:
-    """Every panel cohort's detection set, clean and under every condition of the run, for ``sources`` together
-    (each image decoded and perturbed once for all of them)."""
+    """Every panel cohort's detection set, clean and under every condition of the run, then every clean-only
+    learning cohort's films, clean, for ``sources`` together (each image decoded and perturbed once for all)."""
     params = run.params
     store = unit_store(run.catalog.units)
     chosen = conditions(params)
+    clean_only = [c.name for c in params.clean_only_cohorts()]
     sets = []
-    for name, records in manifests(run, Analysis.PANEL).items():
-        items = detection_items(records, params.cohort(name))
-        plans = [
-            panel_plan(store, s, name, items, chosen, placement(params), params.extraction.chunk_size) for s in sources
-        ]
+    for name in [c.name for c in params.cohorts_for(Analysis.PANEL)] + clean_only:
+        items = detection_items(manifest(run, name), params.cohort(name))
+        wanted = [] if name in clean_only else chosen
+        size = params.extraction.chunk_size
+        plans = [panel_plan(store, s, name, items, wanted, placement(params), size) for s in sources]
         sets.append(JobSet(name, tuple(zip(sources, plans, strict=True))))
     return sets
 

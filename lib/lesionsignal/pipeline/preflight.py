@@ -54,7 +54,7 @@ from lesionsignal.paper.outputs import frame_to_markdown
 from lesionsignal.pipeline import cohorts as cohort_stage
 from lesionsignal.pipeline.catalog import Catalog
 from lesionsignal.pipeline.device_workers import planning_device
-from lesionsignal.pipeline.embeddings import conditions
+from lesionsignal.pipeline.embeddings import conditions, twin_pairs
 from lesionsignal.pipeline.sources import device_for
 from lesionsignal.pipeline.stage import Run
 
@@ -168,7 +168,27 @@ def _checked(params_file: str | Path, root: Path, measure: bool) -> tuple[Report
     readable = {c.name for i, c in enumerate(params.cohorts) if f"cohorts[{i}]" not in unreadable}
     sizes = _check_cohorts(run, readable, report)
     _check_encoders(run, sizes, report, measure)
+    _check_learning(params, report)
     return report, params
+
+
+def _check_learning(params: Params, report: Report) -> None:
+    """The learning checks compare trained encoders with their random-init twins: a learning cohort in a run
+    without such a pair would have nothing to compare."""
+    learning = params.cohorts_for(Analysis.LEARNING)
+    if not learning:
+        return
+    try:
+        pairs = twin_pairs(params)
+    except (UserError, ValueError, FileNotFoundError):
+        return  # an unknown encoder, already reported under encoders
+    if not pairs:
+        report.add(
+            Severity.FATAL,
+            f"cohort {learning[0].name}",
+            "uses learning, but no encoder of the run is a trained encoder listed beside its random-init twin "
+            "(e.g. demo-dino-vit and demo-dino-vit-random); add the pair or drop learning from uses",
+        )
 
 
 @dataclass(frozen=True)
@@ -192,9 +212,9 @@ def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, Co
         if cohort.name not in readable:
             continue
         try:
-            if cohort.kind is CohortKind.DEMO and not _demo_rendered(run):
+            if cohort.kind is CohortKind.DEMO and not _demo_rendered(run, cohort):
                 ct_paths(run.catalog.data_cache)  # what the rendering needs
-                n = run.params.demo_cohort.n_images
+                n = run.params.demo_config(cohort).n_images
                 report.add(Severity.NOTE, where, f"not rendered yet: `make paper` renders {n} films first")
                 sizes[cohort.name] = CohortSize.of(n, cohort)
                 continue
@@ -221,9 +241,9 @@ def _check_cohorts(run: Run, readable: set[str], report: Report) -> dict[str, Co
     return sizes
 
 
-def _demo_rendered(run: Run) -> bool:
-    """The folder name carries the generator's digest, so finished outputs there are this run's cohort."""
-    return all(path.is_file() for path in output_paths(cohort_stage.demo_cohort_folder(run)).values())
+def _demo_rendered(run: Run, cohort: CohortParams) -> bool:
+    """The folder name carries the generator's digest, so finished outputs there are this cohort's."""
+    return all(path.is_file() for path in output_paths(cohort_stage.demo_cohort_folder(run, cohort)).values())
 
 
 def _box_counts(cohort: str, manifest: Manifest) -> list[dict]:
@@ -366,15 +386,18 @@ def _forward_passes(params: Params, sizes: dict[str, CohortSize]) -> int:
     has none)."""
     n_conditions = len(conditions(params))
     panel = sum(_size(c, sizes).detection for c in params.cohorts_for(Analysis.PANEL)) * (1 + n_conditions)
+    clean = sum(_size(c, sizes).detection for c in params.clean_only_cohorts())
     lesions = sum(_size(c, sizes).all for c in params.cohorts_for(Analysis.LESIONS))
-    return panel + lesions * (2 if params.lesions.second_pass else 1)
+    return panel + clean + lesions * (2 if params.lesions.second_pass else 1)
 
 
 def _extracted_images(params: Params, sizes: dict[str, CohortSize]) -> int:
     """Images the extraction decodes (the canvas store keeps each once): a lesion cohort's every image, a panel
-    cohort's detection set."""
+    cohort's (or a clean-only learning cohort's) detection set."""
     lesion = {c.name for c in params.cohorts_for(Analysis.LESIONS)}
-    cohorts = {c.name: c for c in (*params.cohorts_for(Analysis.PANEL), *params.cohorts_for(Analysis.LESIONS))}
+    panel, lesions = params.cohorts_for(Analysis.PANEL), params.cohorts_for(Analysis.LESIONS)
+    extracted = (*panel, *params.clean_only_cohorts(), *lesions)
+    cohorts = {c.name: c for c in extracted}
     return sum(_size(c, sizes).all if name in lesion else _size(c, sizes).detection for name, c in cohorts.items())
 
 

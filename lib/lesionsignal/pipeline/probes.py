@@ -3,19 +3,21 @@
 Inputs are the embeddings stage's files and the cohorts stage's manifests, only read. One probe per (source,
 cohort, condition, pool), cached by content (embedding bytes, splits, probe settings, probe code); the fine-tuned
 CNN per (cohort, condition, view); the disease probes (T2) on clean CLS vectors and the same probes scoring the
-perturbed twins (T9). The results go to the stage's folder as one long frame per kind, which sections 03, 05 and
+perturbed twins (T9); the learning checks of trained encoders against their random-init twins, on the learning
+cohorts. The results go to the stage's folder as one long frame per kind, which sections 03, 05 and
 06 read.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from lesionsignal.analysis.detection import CachedRun, file_cells, probe_store, run_files_cached
-from lesionsignal.analysis.disease import run_disease
+from lesionsignal.analysis.disease import DiseaseResults, run_disease
 from lesionsignal.analysis.finetune import FinetuneConfig, default_cells, finetune_store, run_finetune, study_config
 from lesionsignal.analysis.learning import (
     LEARNING_COLUMNS,
@@ -133,8 +135,7 @@ def _disease(run: Run, timings: list[dict]) -> None:
     present = [c.name for c in conditions(params)]
 
     def load_clean(model: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
-        arrays = load_arrays(embedding_file(run, model, dataset, "clean"), ("image_ids", str(Pool.CLS)))
-        return arrays["image_ids"], arrays[str(Pool.CLS)]
+        return _clean_pool(run, model, dataset, Pool.CLS)
 
     def load_perturbed(model: str, dataset: str, condition: str) -> tuple[np.ndarray, np.ndarray]:
         arrays = load_arrays(embedding_file(run, model, dataset, condition), ("image_ids", f"perturbed_{Pool.CLS}"))
@@ -157,34 +158,36 @@ def _disease(run: Run, timings: list[dict]) -> None:
     write_output(run, StageName.PROBES, T2, results.t2)
     write_output(run, StageName.PROBES, DISEASE_OPERATING, results.operating)
     write_output(run, StageName.PROBES, T9, results.t9)
-    write_output(run, StageName.PROBES, DISEASE_SKIPPED, results.skipped)
     with one_thread():
-        learning = _learning(run, cohorts, results.scores)
+        learning, not_fitted = _learning(run, cohorts, results.scores)
+    skipped = [frame for frame in (results.skipped, *not_fitted) if not frame.empty]
+    write_output(
+        run, StageName.PROBES, DISEASE_SKIPPED, pd.concat(skipped, ignore_index=True) if skipped else results.skipped
+    )
     write_output(run, StageName.PROBES, LEARNING, learning)
     timings.append({"step": "disease probes", "seconds": time.perf_counter() - started, "probes": len(results.t2)})
 
 
-def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> pd.DataFrame:
-    """The learning checks (analysis.learning) of every trained encoder against its twin, on every disease cohort:
-    the disease probes, then same-subject retrieval on the clean global vectors and on the patch means; beside
-    them, the same checks on the films' own pixels (the raw-global vectors of the raw-pixel baseline)."""
+def _learning(
+    run: Run, probed: Mapping[str, Manifest], scores: pd.DataFrame
+) -> tuple[pd.DataFrame, tuple[pd.DataFrame, ...]]:
+    """The learning checks (analysis.learning) of every trained encoder against its twin, on every learning cohort:
+    the disease probes (T2's own where T2 ``probed`` the cohort, else fitted here on its clean CLS vectors), then
+    same-subject retrieval on the clean global vectors and on the patch means; beside them, the same checks on the
+    films' own pixels (the raw-global vectors of the raw-pixel baseline). Also the disease probes fitted here that
+    could not be fitted, with the reason, for the list beside T2's."""
     pairs = twin_pairs(run.params)
-    if not pairs:
-        return pd.DataFrame(columns=list(LEARNING_COLUMNS))
+    cohorts = manifests(run, Analysis.LEARNING)
+    if not pairs or not cohorts:
+        return pd.DataFrame(columns=list(LEARNING_COLUMNS)), ()
     params = run.params
     n_boot, seed = params.probe.n_boot, params.probe.seed
     raw = {dataset: _clean_pool(run, RAW_SOURCE, dataset, Pool.RAW_GLOBAL) for dataset in cohorts}
-    pixels = run_disease(
-        [RAW_SOURCE],
-        cohorts,
-        [],
-        lambda _, dataset: raw[dataset],
-        lambda *_: (np.zeros(0, str), np.zeros((0, 0))),  # no perturbed films: the reference is clean only
-        probe_config(params.probe),
-        n_boot,
-        params.probe.alpha,
-    )
-    scores = pd.concat([scores, pixels.scores], ignore_index=True)
+    unprobed = {name: m for name, m in cohorts.items() if name not in probed}
+    encoders = list(dict.fromkeys(model for pair in pairs for model in pair))
+    own = _clean_disease(run, encoders, unprobed, lambda model, dataset: _clean_pool(run, model, dataset, Pool.CLS))
+    pixels = _clean_disease(run, [RAW_SOURCE], cohorts, lambda _, dataset: raw[dataset])
+    scores = pd.concat([scores, own.scores, pixels.scores], ignore_index=True)
     rows = []
     for trained, twin in pairs:
         for dataset, manifest in cohorts.items():
@@ -199,7 +202,27 @@ def _learning(run: Run, cohorts: dict[str, Manifest], scores: pd.DataFrame) -> p
                         raise ValueError(f"{dataset}: {trained} and {other} have clean vectors of different images")
                 subjects = [patient[i] for i in ids]
                 rows += retrieval_rows(pool, dataset, trained, twin, x, twin_x, subjects, n_boot, seed, pixel_x)
-    return pd.DataFrame(rows, columns=list(LEARNING_COLUMNS))
+    return pd.DataFrame(rows, columns=list(LEARNING_COLUMNS)), (own.skipped, pixels.skipped)
+
+
+def _clean_disease(
+    run: Run,
+    models: Sequence[str],
+    cohorts: Mapping[str, Manifest],
+    load_clean: Callable[[str, str], tuple[np.ndarray, np.ndarray]],
+) -> DiseaseResults:
+    """Disease probes of ``models`` on clean vectors only (no perturbed films), as T2 fits them."""
+    params = run.params
+    return run_disease(
+        models,
+        cohorts,
+        [],
+        load_clean,
+        lambda *_: (np.zeros(0, str), np.zeros((0, 0))),
+        probe_config(params.probe),
+        params.probe.n_boot,
+        params.probe.alpha,
+    )
 
 
 def _clean_pool(run: Run, model: str, dataset: str, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
