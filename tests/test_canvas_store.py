@@ -72,6 +72,23 @@ def test_a_changed_file_or_canvas_setting_is_decoded_again(tmp_path: Path) -> No
     assert len(list((tmp_path / "canvases").rglob("*.npy"))) == 3
 
 
+def test_films_of_one_name_and_size_in_two_folders_are_two_canvases(tmp_path: Path) -> None:
+    # Two demo cohorts name their films alike (demo_s0001_f01.png); compressed films of one size are rare but not
+    # impossible, and uncompressed ones of one shape always have one size.
+    first, second = tmp_path / "a" / "film.png", tmp_path / "b" / "film.png"
+    for path, value in ((first, 50), (second, 200)):
+        path.parent.mkdir()
+        cv2.imwrite(str(path), np.full((64, 64), value, np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    assert first.stat().st_size == second.stat().st_size
+    items = [ImageItem("film.png", first), ImageItem("film.png", second)]
+    store = cs.canvas_store(tmp_path / "canvases")
+    with ThreadPoolExecutor(1) as pool:
+        a = cs.stored_canvases(items[:1], CANVAS, pool, Resample.FLOAT, store)
+        b = cs.stored_canvases(items[1:], CANVAS, pool, Resample.FLOAT, store)
+    assert a.max() < b.max()  # the second film's own pixels, not the first film's canvas
+    assert items[0].fingerprint() != items[1].fingerprint()
+
+
 def test_an_extraction_from_stored_canvases_writes_the_same_units(tmp_path: Path) -> None:
     items = _films(tmp_path / "films", 5)
     placement = Placement(canvas_size=CANVAS, margin=0.15, base_seed=42)

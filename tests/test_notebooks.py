@@ -216,3 +216,35 @@ def test_the_report_site_and_preflight_carry_no_machine_path(smoke_reports: Path
     for name in ("index.html", "preflight.md", "preflight.json"):
         text = (smoke_reports / name).read_text()
         assert str(ROOT) not in text and "/tmp/" not in text and str(Path.home()) + "/" not in text, name
+
+
+@pytest.mark.notebook
+def test_the_learning_checks_own_cohort_is_extracted_clean_and_checked(
+    smoke_reports: Path, smoke_params_file: Path
+) -> None:
+    from lesionsignal.config.params import Analysis
+    from lesionsignal.pipeline import embeddings, probes
+    from lesionsignal.pipeline.stage import StageName, open_run, output
+
+    params = load_params(smoke_params_file)
+    own = [c.name for c in params.clean_only_cohorts()]
+    assert own == ["learning_films"]
+    run = open_run(smoke_params_file, ROOT)
+    for source in embeddings.source_ids(params):  # no perturbed film of a clean-only cohort is extracted
+        assert sorted(p.name for p in embeddings.folder(run, source, own[0]).iterdir()) == ["clean.npz"]
+    learning = output(run, StageName.PROBES, probes.LEARNING)
+    assert set(learning["dataset"]) == {c.name for c in params.cohorts_for(Analysis.LEARNING)}
+    films = params.demo_config(params.cohort(own[0]))
+    rows = learning[learning["dataset"] == own[0]]
+    retrieval = rows[rows["check"].str.startswith("same-subject retrieval")]
+    assert len(retrieval) == 4 and set(retrieval["n"]) == {films.n_images}  # every film is a query
+    disease = rows[rows["check"].str.startswith("disease probes")]
+    assert set(disease["n"]) == {round(films.test_fraction * films.n_subjects) * films.images_per_subject}
+    assert rows[["value", "twin_value", "pixels"]].notna().all().all()
+    # a finding too rare among 12 training films has no row, and is listed with its reason instead
+    from lesionsignal.analysis.disease import DISEASES
+
+    probed = {c.split(", ")[-1] for c in rows["check"] if c.startswith("disease probe: test AUC")}
+    skipped = output(run, StageName.PROBES, probes.DISEASE_SKIPPED)
+    listed = skipped[(skipped["dataset"] == own[0]) & (skipped["model"] == rows["encoder"].iloc[0])]
+    assert probed and sorted(probed | set(listed["task"])) == sorted(DISEASES)

@@ -206,3 +206,40 @@ def test_reporting_defaults() -> None:
     assert params.operating_points.specificities == (0.90, 0.95) and params.operating_points.prevalence == 0.03
     assert params.lesions.jitter == (0.0, 0.5, 1.0, 2.0) and params.lesions.compare_splits
     assert params.lesions.size_strata[0] == (0.5,) and params.lesions.second_pass
+
+
+def test_a_demo_cohort_of_its_own_films(tmp_path: Path) -> None:
+    text = (
+        "name: x\nrun: demo\ndemo_cohort: {n_images: 40, seed: 42}\ncohorts:\n  - {name: a, kind: demo}\n"
+        "  - {name: b, kind: demo, uses: [learning], generator: {n_images: 20, test_fraction: 0.5, seed: 7}}\n"
+    )
+    params = load_params(_write(tmp_path, text))
+    a, b = params.demo_config(params.cohort("a")), params.demo_config(params.cohort("b"))
+    assert (a.n_images, a.seed, a.test_fraction) == (40, 42, 0.2)
+    assert (b.n_images, b.seed, b.test_fraction) == (20, 7, 0.5)
+    assert b.variation == a.variation  # everything not given comes from the demo_cohort section
+    assert [c.name for c in params.clean_only_cohorts()] == ["b"]  # learning without panel: clean films only
+
+
+def test_two_demo_cohorts_may_not_share_a_subject(tmp_path: Path) -> None:
+    text = (
+        "name: x\nrun: demo\ndemo_cohort: {n_images: 40, seed: 42}\ncohorts:\n  - {name: a, kind: demo}\n"
+        "  - {name: b, kind: demo, uses: [learning], generator: {n_images: 20}}\n"  # the same seed: a's first subjects
+    )
+    err = _error(tmp_path, text)
+    assert err.key == "cohorts[1].generator" and "would draw 10 subjects of cohort 'a'" in err.reason
+    assert "seed of its own" in err.reason
+
+
+def test_a_demo_generator_is_validated_and_only_for_demo_cohorts(tmp_path: Path) -> None:
+    bad = "name: x\nrun: demo\ncohorts:\n  - {name: b, kind: demo, generator: {test_fraction: 1.5, seed: 7}}\n"
+    err = _error(tmp_path, bad)
+    assert err.key == "cohorts[0].generator.test_fraction" and "[0, 1)" in err.reason
+    other = (
+        "name: x\nrun: study\ncohorts:\n  - {name: n, kind: nih, csv: a.csv, image_dirs: [i], generator: {seed: 7}}\n"
+    )
+    err = _error(tmp_path, other)
+    assert err.key == "cohorts[0].generator" and "only for demo cohorts (this one is nih)" in err.reason
+    unknown = "name: x\nrun: demo\ncohorts:\n  - {name: b, kind: demo, generator: {canvas: 512}}\n"
+    err = _error(tmp_path, unknown)
+    assert err.key == "cohorts[0].generator" and "allowed here: images_per_subject, n_images, seed" in err.reason

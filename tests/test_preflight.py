@@ -72,7 +72,10 @@ def test_the_smoke_params_pass_and_the_plan_counts_every_forward_pass(case_folde
     assert [p.encoder for p in report.encoders] == [e.id for e in params.encoders]
     for plan in report.encoders:  # the trained folder (its config read locally) and its random-init twin
         lesion_passes = 2 if params.lesions.second_pass else 1  # the jittered and re-split boxes: a second pass
-        assert plan.forward_passes == demo * (1 + len(params.panel.chosen())) + demo * lesion_passes
+        clean = sum(params.demo_config(c).n_images for c in params.clean_only_cohorts())  # learning films: once
+        assert (
+            clean > 0 and plan.forward_passes == demo * (1 + len(params.panel.chosen())) + demo * lesion_passes + clean
+        )
         assert plan.gflops_per_image and plan.gflops_per_image > 0 and plan.parameters
     trained, twin = report.encoders
     assert trained.gflops_per_image == twin.gflops_per_image and trained.parameters == twin.parameters
@@ -169,3 +172,20 @@ def test_an_encoder_folder_that_disagrees_with_the_registry_and_a_refused_precis
     fatal = [str(f) for f in report.fatal]
     assert any("encoders[0] (dinov2-b14)" in f and "patch_size: registry 14 vs 16" in f for f in fatal), fatal
     assert any(f.startswith("fatal: encoders[1] (dinov3-vit7b16).dtype:") and "float16" in f for f in fatal), fatal
+
+
+def test_a_clean_only_learning_cohort_is_planned_and_needs_a_twin_pair(case_folder: Path) -> None:
+    cohorts = [
+        {"name": "demo", "kind": "demo", "uses": ["panel", "disease"]},
+        {"name": "own", "kind": "demo", "uses": ["learning"], "generator": {"n_images": 10, "seed": 7}},
+    ]
+    params_file = run_params(case_folder, cohorts=cohorts)
+    params = load_params(params_file)
+    report = check(params_file, ROOT, measure=False)
+    assert report.fatal == []
+    demo = params.demo_cohort.n_images
+    for plan in report.encoders:  # the learning cohort's 10 films once each, clean
+        assert plan.forward_passes == demo * (1 + len(params.panel.chosen())) + 10
+    lonely = run_params(case_folder, cohorts=cohorts, encoders=[{"id": "demo-dino-vit"}])
+    fatal = {(f.where, f.message) for f in check(lonely, ROOT, measure=False).fatal}
+    assert any(where == "cohort own" and "random-init twin" in message for where, message in fatal)

@@ -287,7 +287,7 @@ def test_the_committed_model_folder_is_the_one_the_registry_pins() -> None:
 
 
 def test_training_subjects_are_checked_against_the_demo_cohort(tmp_path: Path) -> None:
-    from lesionsignal.config.params import project_root
+    from lesionsignal.config.params import CohortKind, load_params, project_root
     from lesionsignal.config.training import load_training_params
     from lesionsignal.demo.config import DemoCohortConfig
     from lesionsignal.demo.overlap import shared_subjects
@@ -306,6 +306,13 @@ def test_training_subjects_are_checked_against_the_demo_cohort(tmp_path: Path) -
     clash.write_text(text.replace("demo_params: params/demo.yaml", f"demo_params: {root / 'params/demo.yaml'}"))
     with pytest.raises(SharedSubjects, match=r"training subjects are subjects of the demo cohort.*films.seed"):
         check_disjoint(load_training_params(clash), root)
+    # every demo cohort of the demo run counts, the learning checks' own films included
+    demo = load_params(root / "params/demo.yaml")
+    own = next(c for c in demo.clean_only_cohorts() if c.kind is CohortKind.DEMO)
+    seed = demo.demo_config(own).seed
+    clash.write_text(clash.read_text().replace("seed: 42", f"seed: {seed}"))
+    with pytest.raises(SharedSubjects, match=rf"demo cohort '{own.name}'.*other than {seed}"):
+        check_disjoint(load_training_params(clash), root)
 
 
 def test_make_demo_encoder_end_to_end_on_a_tiny_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -320,7 +327,7 @@ def test_make_demo_encoder_end_to_end_on_a_tiny_recipe(tmp_path: Path, capsys: p
         f"""name: tiny
 encoder: demo-dino-vit
 demo_params: {root / "params/demo.yaml"}
-films: {{n_images: 12, images_per_subject: 2, held_out_fraction: 0.34, seed: 7, workers: 1}}
+films: {{n_images: 12, images_per_subject: 2, held_out_fraction: 0.34, seed: 11, workers: 1}}
 recipe:
   method: mae
   architecture: {{image_size: 56, patch_size: 14, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}}

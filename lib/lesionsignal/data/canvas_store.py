@@ -4,9 +4,9 @@ Decoding a film (PNG or DICOM, windowing, padding to the square canvas) costs se
 small encoder's forward pass. Inside one extraction run every chunk is decoded once for all its conditions and
 encoders; the store carries that across runs and processes: the shards of a cluster run (each of which holds units
 of every chunk), a second encoder extracted later, the lesion and disease stages over the same films, a re-run
-after a crash. A canvas is stored under the image's fingerprint (id, file name, size, window), the canvas
-arithmetic and the code of the decoder, so a changed file or decoder never reads a stale canvas; writes are atomic.
-It costs one byte per canvas pixel on disk (1 MiB per image at 1024 px), which the preflight counts.
+after a crash. A canvas is stored under the image's fingerprint (id, resolved path, size, modification time,
+window), the canvas arithmetic and the code of the decoder, so a changed file or decoder never reads a stale canvas;
+writes are atomic. It costs one byte per canvas pixel on disk (1 MiB per image at 1024 px), which the preflight counts.
 """
 
 from __future__ import annotations

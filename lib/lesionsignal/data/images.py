@@ -25,13 +25,15 @@ class ImageItem:
     path: Path
     window: tuple[float, float] | None = None
 
-    def fingerprint(self) -> tuple[str, str, int, tuple[float, float] | None]:
-        """What identifies the pixels in a cache key: id, file name, size and window."""
+    def fingerprint(self) -> tuple[str, str, int, int, tuple[float, float] | None]:
+        """What identifies the pixels in a cache key: the id, the file (resolved path, size, modification time) and
+        the window. The whole path, not the file name alone: two cohorts may hold different films of one name and
+        size (two demo cohorts name their films alike); a file rewritten in place gets a new modification time."""
         try:
-            size = self.path.stat().st_size
+            stat = self.path.stat()
         except OSError as err:
             raise ImageError(f"image {self.image_id}: cannot read {self.path} ({err})") from None
-        return (self.image_id, self.path.name, size, self.window)
+        return (self.image_id, str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, self.window)
 
     def canvas(self, size: int, resample: Resample = Resample.FLOAT) -> np.ndarray:
         window = Window(*self.window) if self.window else None
